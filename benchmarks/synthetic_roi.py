@@ -1,0 +1,82 @@
+"""A synthetic H&E-like region of interest, for speed measurements only.
+
+The image is composed in optical density the way H&E is (Beer-Lambert, Ruifrok & Johnston's
+stain vectors): eosin everywhere there is tissue, haematoxylin in blob-shaped nuclei of realistic
+size (about 6-14 um at 0.25 um/px), a few lumens of bare glass, and a little noise. It looks
+enough like tissue that every tile passes the pipeline's tissue test (the worst case for speed)
+and that compression ratios are of the order of real scans. Nothing in it is a real mitosis:
+detection counts on it only say how much post-processing and classification work was done.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+# Optical density of one unit of each stain (Ruifrok & Johnston 2001), RGB.
+HAEMATOXYLIN_OD = np.array([0.65, 0.70, 0.29], np.float32)
+EOSIN_OD = np.array([0.07, 0.99, 0.11], np.float32)
+
+MICROMETRES_PER_PIXEL = 0.25
+PIXELS_PER_CM = round(1e4 / MICROMETRES_PER_PIXEL)  # TIFF resolution tag for 0.25 um/px
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cell: int, sigma: float = 1.0) -> np.ndarray:
+    """Random field varying over about ``cell`` pixels, scaled to zero mean and unit spread."""
+    coarse = ndimage.gaussian_filter(
+        rng.standard_normal((shape[0] // cell + 2, shape[1] // cell + 2)).astype(np.float32), sigma
+    )
+    fine = ndimage.zoom(coarse, cell, order=1, prefilter=False)[: shape[0], : shape[1]]
+    return (fine - fine.mean()) / (fine.std() + 1e-6)
+
+
+def synthetic_he_roi(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """H x W x 3 uint8 RGB image that looks like an H&E-stained tumour region."""
+    rng = np.random.default_rng(seed)
+    shape = (height, width)
+    # Nuclei: blobs where a field varying over ~10 px is high; about 18 % of the area.
+    nuclear = _smooth_field(rng, shape, cell=4, sigma=1.2)
+    nuclei = np.clip((nuclear - 0.9) * 2.5, 0.0, 1.0)
+    del nuclear
+    # Tissue density varies slowly; lumens (bare glass) where it is lowest.
+    density = _smooth_field(rng, shape, cell=64, sigma=1.5)
+    tissue = np.clip((density + 1.6) * 1.5, 0.0, 1.0)
+    haematoxylin = (0.15 + 1.1 * nuclei) * tissue
+    eosin = (0.35 + 0.12 * density) * tissue
+    del density, nuclei, tissue
+    optical_density = haematoxylin[..., None] * HAEMATOXYLIN_OD + eosin[..., None] * EOSIN_OD
+    del haematoxylin, eosin
+    optical_density += np.float32(0.02) * rng.standard_normal(optical_density.shape, dtype=np.float32)
+    rgb = 255.0 * np.exp(-optical_density) - 8.0  # glass of a scan is never quite white
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def write_roi_tiff(path: Path, image: np.ndarray, compression: str = "jpeg") -> Path:
+    """Write ``image`` as a tiled TIFF at 0.25 um/px. ``compression``: jpeg (quality 90), deflate,
+    lzw, zstd or none; tiled 256 x 256 as whole-slide scanners and grand-challenge's converter do."""
+    import tifffile
+
+    codecs = {
+        "jpeg": ("jpeg", {"level": 90}),
+        "deflate": ("zlib", {"level": 6}),
+        "lzw": ("lzw", None),
+        "zstd": ("zstd", None),
+        "none": (None, None),
+    }
+    if compression not in codecs:
+        raise ValueError(f"unknown compression {compression!r} (one of {sorted(codecs)})")
+    codec, args = codecs[compression]
+    tifffile.imwrite(
+        path,
+        image,
+        photometric="rgb",
+        tile=(256, 256),
+        compression=codec,
+        compressionargs=args,
+        resolution=(PIXELS_PER_CM, PIXELS_PER_CM),
+        resolutionunit="CENTIMETER",
+        bigtiff=image.nbytes > 2**31,
+    )
+    return Path(path)

@@ -1,0 +1,60 @@
+"""Command line: ``python -m mitosis_analysis <command> [options]``.
+
+Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``.
+Only the chosen command's module is imported, so the container (which has no plotting or
+training dependencies) runs ``process`` without the others' requirements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import InputError
+from .log import log
+
+# command -> (module, one-line help)
+COMMANDS = {
+    "process": ("mitosis_analysis.commands.process", "run the challenge container job on an input folder"),
+    "evaluate": ("mitosis_analysis.evaluate.command", "score predictions against ground truth (Track 1 / Track 2)"),
+    "slide": ("mitosis_analysis.slide.command", "whole-slide mode: count mitoses, find the hotspot, export for QuPath"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = argparse.ArgumentParser(
+        prog="mitosis-analysis",
+        description="Mitosis detection and atypical classification (MIDOG Track 1 and 2).",
+        epilog="commands:\n" + "\n".join(f"  {k:<10} {h}" for k, (_, h) in COMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    top.add_argument("command", choices=COMMANDS, help="see below; '<command> --help' for its options")
+    if not argv or argv[0] not in COMMANDS:
+        top.parse_args(argv[:1] or ["--help"])  # prints usage / help and exits
+    name, rest = argv[0], argv[1:]
+    module_name, help_ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"mitosis-analysis {name}", description=help_)
+    module.add_arguments(parser)
+    return guarded(module.run, parser.parse_args(rest))
+
+
+def guarded(fn, *args) -> int:
+    """Run ``fn``; bad input becomes one line on stderr and a non-zero exit code."""
+    try:
+        return int(fn(*args) or 0)
+    except InputError as exc:
+        log(f"error: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log("error: interrupted")
+        return 130
+    except MemoryError:
+        log("error: out of memory")
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""PyTorch model definitions used by ``training/`` and ``export.sh``.
+
+Two model kinds, each built from the ``config`` dict stored in its checkpoint:
+
+``build_detector(**config)``   -> module: image N x 3 x H x W in [0, 1] -> logits N x 4 x H x W
+``build_classifier(**config)`` -> module: image N x 3 x 128 x 128 in [0, 1] -> atypical logit (N,)
+
+Both normalise (mean/std) inside the module. ``for_export(kind, module)`` wraps a module so that it
+produces what the product consumes (``mitosis_analysis/manifest.py``): softmax probabilities for
+the detector, P(atypical) for the classifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .classifier import build_classifier
+from .unet import build_detector
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "detector": build_detector,
+    "classifier": build_classifier,
+}
+OUTPUT_NAMES = {"detector": "probabilities", "classifier": "p_atypical"}
+
+
+def build(kind: str, **config) -> nn.Module:
+    """The model of ``kind`` ("detector" or "classifier") described by ``config``."""
+    try:
+        builder = BUILDERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(BUILDERS)}") from None
+    return builder(**dict(config))
+
+
+class DetectorForExport(nn.Module):
+    """Logits -> softmax over the four segmentation classes."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(image), dim=1)
+
+
+class ClassifierForExport(nn.Module):
+    """Atypical logit -> P(atypical), shape (N,)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(image).reshape(image.shape[0]))
+
+
+def for_export(kind: str, net: nn.Module) -> nn.Module:
+    wrapper = {"detector": DetectorForExport, "classifier": ClassifierForExport}[kind]
+    return wrapper(net).eval()
+
+
+__all__ = ["BUILDERS", "OUTPUT_NAMES", "build", "build_classifier", "build_detector", "for_export"]

@@ -1,0 +1,100 @@
+"""Tiny hand-written ONNX models with known behaviour, for exact-coordinate tests.
+
+detector:  P(mitosis) = sigmoid(SHARPNESS * (DARK - mean(RGB))) per pixel, so a dark disk on a
+           pink background becomes one component centred on the disk; the other three classes
+           share the rest. Same I/O contract as the real detector (manifest.py).
+classifier: P(atypical) = mean of the green channel over the crop (so tests can steer it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from mitosis_analysis.manifest import sha256_file
+
+DARK = 0.3  # mean RGB (0..1) under which a pixel is "mitosis"
+SHARPNESS = 40.0
+
+
+def _const(name: str, value: float):
+    return helper.make_node("Constant", [], [name], value=helper.make_tensor(name + "_t", TensorProto.FLOAT, [], [value]))
+
+
+def detector_model() -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["gray"], axes=[1], keepdims=1),
+        _const("dark", DARK),
+        _const("k", SHARPNESS),
+        _const("one", 1.0),
+        _const("third", 1.0 / 3.0),
+        helper.make_node("Sub", ["dark", "gray"], ["d"]),
+        helper.make_node("Mul", ["d", "k"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], ["p"]),
+        helper.make_node("Sub", ["one", "p"], ["q"]),
+        helper.make_node("Mul", ["q", "third"], ["rest"]),
+        helper.make_node("Concat", ["rest", "rest", "p", "rest"], ["probabilities"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "synthetic_detector",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4, "H", "W"])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def classifier_model() -> onnx.ModelProto:
+    nodes = [
+        helper.make_node("Constant", [], ["green_idx"], value=helper.make_tensor("gi", TensorProto.INT64, [1], [1])),
+        helper.make_node("Gather", ["image", "green_idx"], ["green"], axis=1),
+        helper.make_node("ReduceMean", ["green"], ["p_atypical"], axes=[1, 2, 3], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "synthetic_classifier",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 128, 128])],
+        [helper.make_tensor_value_info("p_atypical", TensorProto.FLOAT, ["N"])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def write_weights(folder: Path, detection: float = 0.5, atypical: float = 0.5) -> Path:
+    """Write both models and a valid manifest into ``folder``; returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for role, model, out, size in (("detector", detector_model(), "probabilities", 512),
+                                   ("classifier", classifier_model(), "p_atypical", 128)):
+        path = folder / f"{role}.onnx"
+        onnx.save(model, path)
+        entries[role] = {
+            "file": path.name, "sha256": sha256_file(path), "output_name": out, "input_size": size,
+            "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+        }
+    entries["detector"]["classes"] = ["background", "normal nucleus", "mitosis", "hard negative"]
+    manifest = {
+        "spacing_mm": 0.00025, **entries,
+        "thresholds": {"detection": detection, "atypical": atypical},
+        "provenance": {"trained": False, "command": "test/synthetic_models.py", "data": "none"},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
+# ----------------------------------------------------------------------------- synthetic images
+
+BACKGROUND = (235, 230, 235)  # glass
+TISSUE = (200, 120, 180)  # eosin-pink, mean 0.65: far above DARK
+NUCLEUS = (30, 20, 60)  # mean 0.14: far below DARK
+
+
+def roi_with_figures(height: int, width: int, centres_xy, radius: float = 6.0, nucleus=NUCLEUS) -> np.ndarray:
+    """Pink tissue with dark disks of ``radius`` px centred on each (x, y)."""
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = TISSUE
+    yy, xx = np.mgrid[0:height, 0:width]
+    for cx, cy in centres_xy:
+        image[(xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2] = nucleus
+    return image

@@ -1,0 +1,115 @@
+"""The atypical classifier: model contract, metrics, loss/sampling pieces and a few-step training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.classifier import ARCH, build_classifier
+from training import classifier_eval as ev
+from training import data as amibr
+from training import train_classifier as tc
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-br"
+needs_data = pytest.mark.skipif(not (DATA / amibr.TABLE_FILE).is_file(), reason=f"AMi-Br not found at {DATA}")
+
+
+def test_model_contract():
+    torch.manual_seed(0)
+    net = build_classifier(arch=ARCH, width=8).eval()
+    x = torch.rand(5, 3, 128, 128)
+    with torch.no_grad():
+        p = net(x)
+        logit, hard = net.logits(x)
+        p_one = net(x[2:3])
+    assert p.shape == (5,) and p.dtype == torch.float32
+    assert ((p >= 0) & (p <= 1)).all()
+    torch.testing.assert_close(p, torch.sigmoid(logit))
+    assert hard.shape == (5,)
+    torch.testing.assert_close(p_one, p[2:3], atol=1e-5, rtol=0)  # no batch coupling in eval mode
+    # default model stays small enough for git and per-candidate CPU inference (ONNX < 30 MB)
+    assert sum(q.numel() for q in build_classifier().parameters()) < 2_000_000
+
+
+def test_normalisation_is_in_graph():
+    net = build_classifier(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)).eval()
+    assert torch.equal(net.mean.flatten(), torch.tensor([0.5, 0.5, 0.5]))
+    assert "mean" in net.state_dict() and "std" in net.state_dict()
+
+
+def test_unknown_arch_is_rejected():
+    with pytest.raises(ValueError, match="arch"):
+        build_classifier(arch="resnet-999")
+
+
+def test_metrics():
+    y = np.array([0, 0, 0, 1, 1])
+    p = np.array([0.1, 0.4, 0.35, 0.8, 0.3])
+    # pairs (pos, neg) ranked correctly: 0.8 beats all 3, 0.3 beats 0.1 only -> 4/6
+    assert ev.auroc(y, p) == pytest.approx(4 / 6)
+    assert ev.auroc(y, np.full(5, 0.5)) == pytest.approx(0.5)
+    m = ev.binary_metrics(y, p, 0.5)
+    assert (m["sensitivity"], m["specificity"]) == (0.5, 1.0)
+    assert m["balanced_accuracy"] == pytest.approx(0.75)
+    thr, ba = ev.best_threshold(y, p)
+    assert ba == pytest.approx(ev.binary_metrics(y, p, thr)["balanced_accuracy"])
+    assert ba == pytest.approx(max(ev.binary_metrics(y, p, t)["balanced_accuracy"] for t in np.linspace(0, 1, 101)))
+    thr, ba = ev.best_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.7, 0.9]))
+    assert ba == 1.0 and 0.2 < thr < 0.7
+
+
+def test_focal_loss_and_balanced_sampling():
+    logit = torch.tensor([-2.0, 0.5, 3.0])
+    target = torch.tensor([0.0, 1.0, 1.0])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
+    torch.testing.assert_close(tc.focal_loss(logit, target, 0.0), bce)
+    assert tc.focal_loss(logit, target, 2.0) < bce  # easy examples are down-weighted
+    y = np.array([1] * 10 + [0] * 90)
+    idx = tc.balanced_indices(y, 20000, np.random.default_rng(0))
+    assert abs(y[idx].mean() - 0.5) < 0.02
+
+
+def test_lr_schedule():
+    f = [tc.lr_factor(s, 100, 10) for s in range(100)]
+    assert f[9] == pytest.approx(1.0) and f[0] == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01
+
+
+def test_predict_matches_product_tta():
+    torch.manual_seed(0)
+    net = build_classifier(width=8).eval()
+    crops = np.random.default_rng(0).integers(0, 256, (3, 128, 128, 3), dtype=np.uint8)
+    p1 = ev.predict(net, crops, 1)
+    with torch.no_grad():
+        direct = net(torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255).numpy()
+    np.testing.assert_allclose(p1, direct, atol=1e-5)
+    # two views = mean over the identity and the left-right flip
+    p_flip = ev.predict(net, crops[:, :, ::-1].copy(), 1)
+    np.testing.assert_allclose(ev.predict(net, crops, 2), (p1 + p_flip) / 2, atol=1e-5)
+
+
+@needs_data
+def test_few_step_training_writes_a_usable_checkpoint(tmp_path):
+    cfg = tc.TrainConfig(epochs=2, batch_size=8, width=8, limit=48, threads=1, seed=0)
+    ckpt_path = tmp_path / "checkpoints" / "classifier.pt"
+    out = tmp_path / "run"
+    initial = build_classifier(width=8)
+    ckpt = tc.train(cfg, DATA, out, ckpt_path, command="pytest", log=lambda m: None)
+
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    assert {"arch", "config", "state_dict", "threshold", "metrics"} <= set(saved)
+    assert saved["arch"] == ARCH and 0.0 <= saved["threshold"] <= 1.0
+    net = build_classifier(arch=saved["arch"], **saved["config"])
+    net.load_state_dict(saved["state_dict"])  # the config rebuilds exactly this model
+    assert not torch.equal(net.stem[0].weight, initial.stem[0].weight)  # it trained
+    for split in ("validation", "test"):
+        m = saved["metrics"][split][f"views_{saved['metrics']['product_views']}"]
+        assert 0.0 <= m["balanced_accuracy"] <= 1.0 and np.isfinite(m["auroc"])
+    assert saved["metrics"]["test"]["views_1"]["n"] == 48
+    assert len(ckpt["history"]) == 2
+    for name in ("metrics.json", "history.json", "curves.png", "threshold_sweep.png"):
+        assert (out / name).stat().st_size > 0
+    assert not list(tmp_path.rglob("*.tmp*"))  # atomic writes leave no temp files

@@ -1,0 +1,71 @@
+"""End-to-end numeric pipeline on synthetic images with the hand-written ONNX models:
+the points must land exactly where the figures were drawn."""
+
+import numpy as np
+import pytest
+
+from mitosis_analysis.pipeline import analyse_roi, classify_stack, detect_candidates, mitosis_probability_map
+from mitosis_analysis.readers import RoiImage
+from synthetic_models import BACKGROUND, roi_with_figures
+
+# Figures: in a tile centre, on tile borders (x = 256, 512, y = 768), near the image edge, and a
+# pair 20 px (5 um) apart which must collapse to one point.
+FIGURES = [(100.0, 100.0), (256.0, 300.0), (512.0, 512.0), (700.0, 768.0), (1015.0, 8.0), (400.0, 900.0)]
+PAIR = [(800.0, 200.0), (820.0, 200.0)]
+
+
+def test_points_exact_across_tile_borders(models, settings):
+    image = roi_with_figures(1000, 1024, FIGURES)
+    cands = detect_candidates(image, models, settings)
+    found = sorted((round(c.x, 2), round(c.y, 2)) for c in cands)
+    assert len(found) == len(FIGURES)
+    for (fx, fy), (x, y) in zip(sorted(FIGURES), found):
+        assert abs(fx - x) < 0.05 and abs(fy - y) < 0.05
+
+
+def test_figure_cut_by_the_image_corner_is_found_inside(models, settings):
+    image = roi_with_figures(512, 600, [(598.0, 1.0)])
+    (c,) = detect_candidates(image, models, settings)
+    assert 594 < c.x <= 599 and 0 <= c.y < 4
+
+
+def test_duplicates_within_radius_collapse(models, settings):
+    image = roi_with_figures(512, 1024, PAIR)
+    assert len(detect_candidates(image, models, settings)) == 1
+    far = roi_with_figures(512, 1024, [(800.0, 200.0), (840.0, 200.0)])  # 10 um apart
+    assert len(detect_candidates(far, models, settings)) == 2
+
+
+def test_blank_glass_gives_no_candidates(models, settings):
+    image = np.empty((700, 900, 3), np.uint8)
+    image[:] = BACKGROUND
+    assert np.all(mitosis_probability_map(image, models, settings) == 0)
+    assert detect_candidates(image, models, settings) == []
+
+
+def test_small_image_is_padded(models, settings):
+    image = roi_with_figures(100, 150, [(50.0, 60.0)])
+    (c,) = detect_candidates(image, models, settings)
+    assert (c.x, c.y) == pytest.approx((50, 60), abs=0.05)
+
+
+def test_spacing_mismatch_resamples_and_maps_back(models, settings, tmp_path):
+    # the same figure at 0.5 um/px: drawn at half the coordinates and half the radius
+    image = roi_with_figures(600, 600, [(200.0, 150.0)], radius=4.0)
+    roi = RoiImage(image, (0.0005, 0.0005), False, tmp_path / "half.tif")
+    (c,) = analyse_roi(roi, models, settings)
+    assert (c.x, c.y) == pytest.approx((200, 150), abs=0.3)
+
+
+def test_classifier_probability_reaches_candidates(models, settings):
+    image = roi_with_figures(512, 512, [(256.0, 256.0)])
+    roi = RoiImage(image, (0.00025, 0.00025), False, None)
+    (c,) = analyse_roi(roi, models, settings)
+    crop = image[192:320, 192:320]
+    assert c.p_atypical == pytest.approx(crop[..., 1].mean() / 255, abs=1e-4)
+
+
+def test_classify_stack_page_order(models, settings):
+    crops = np.zeros((3, 128, 128, 3), np.uint8)
+    crops[:, :, :, 1] = np.array([0, 128, 255], np.uint8)[:, None, None]
+    np.testing.assert_allclose(classify_stack(crops, models, settings), [0, 128 / 255, 1], atol=1e-5)

@@ -1,0 +1,1 @@
+"""Training of the detector and the classifier (outside the container image)."""

@@ -1,0 +1,216 @@
+"""AMi-Br: the crop table, the published patient-level split, slide-held-out validation, crops.
+
+The data live outside the repository (``../shared/data/ami-br``) and are read at run time:
+
+- ``AMI-BR.csv``: one row per crop (``slide``, ``dataset``, ``uid``, ``x``, ``y``, the three
+  experts' atypical votes and ``majority_atypical``);
+- ``amibr_train_split.csv``: the rows of the published training split (2,894); every other crop
+  (826) is the test split, which only the final report may touch;
+- ``crops/{atypical,normal}/<dataset>_<uid>.jpg``: 128 x 128 RGB at 0.25 um/px, centred on the figure.
+
+Validation is taken out of the training split by *slide* (``dataset`` + ``slide``), never by
+crop: neighbouring crops of one ROI share stain, scanner and often the same tumour clone.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+from PIL import Image
+
+TABLE_FILE = "AMI-BR.csv"
+TRAIN_SPLIT_FILE = "amibr_train_split.csv"
+CROPS_DIR = "crops"
+CROP_SUFFIX = ".jpg"
+CROP_SIZE = 128
+# Published sizes; a table that disagrees is not the AMi-Br we know.
+N_TRAIN = 2894
+N_TEST = 826
+
+
+class DataError(ValueError):
+    """The data folder is missing, incomplete or inconsistent; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One AMi-Br crop: where it comes from and what the experts said."""
+
+    dataset: str  # "MIDOG21" or "TUPAC16"
+    uid: int
+    slide: str  # file of the original ROI
+    x: int  # centre of the figure in the ROI, px
+    y: int
+    votes: tuple[bool, bool, bool]  # the three experts' atypical votes
+    atypical: bool  # majority of the three votes
+    path: Path
+
+    @property
+    def name(self) -> str:
+        """``<dataset>_<uid>``, the crop's file stem."""
+        return f"{self.dataset}_{self.uid}"
+
+    @property
+    def slide_key(self) -> tuple[str, str]:
+        """The grouping unit of every split: slide names are only unique within a dataset."""
+        return (self.dataset, self.slide)
+
+    @property
+    def hard(self) -> bool:
+        """The experts disagree (not unanimous) about this figure."""
+        return len(set(self.votes)) > 1
+
+    @property
+    def agreement(self) -> float:
+        """Fraction of experts voting atypical (0, 1/3, 2/3 or 1)."""
+        return sum(self.votes) / len(self.votes)
+
+
+def _bool(value: str, where: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "1"):
+        return True
+    if v in ("false", "0"):
+        return False
+    raise DataError(f"{where}: expected True/False, got {value!r}")
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        raise DataError(f"AMi-Br table not found: {path}")
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def load_table(data_dir: Path | str, check_files: bool = True) -> list[Crop]:
+    """All crops of ``AMI-BR.csv`` in table order; with ``check_files`` every crop must exist."""
+    data_dir = Path(data_dir)
+    path = data_dir / TABLE_FILE
+    rows = _read_csv(path)
+    crops = []
+    for i, row in enumerate(rows):
+        where = f"{path}:{i + 2}"
+        try:
+            votes = tuple(_bool(row[f"expert{k}_atypical"], where) for k in (1, 2, 3))
+            atypical = _bool(row["majority_atypical"], where)
+            dataset, uid = row["dataset"], int(row["uid"])
+            crop = Crop(
+                dataset=dataset,
+                uid=uid,
+                slide=row["slide"],
+                x=int(float(row["x"])),
+                y=int(float(row["y"])),
+                votes=votes,  # type: ignore[arg-type]
+                atypical=atypical,
+                path=data_dir / CROPS_DIR / ("atypical" if atypical else "normal") / f"{dataset}_{uid}{CROP_SUFFIX}",
+            )
+        except KeyError as exc:
+            raise DataError(f"{path}: missing column {exc}") from None
+        except ValueError as exc:
+            raise DataError(f"{where}: {exc}") from None
+        if crop.atypical != (sum(votes) >= 2):
+            raise DataError(f"{where}: majority_atypical disagrees with the three votes")
+        if check_files and not crop.path.is_file():
+            raise DataError(f"crop file missing: {crop.path}")
+        crops.append(crop)
+    if not crops:
+        raise DataError(f"{path} holds no rows")
+    return crops
+
+
+def published_split(data_dir: Path | str, crops: Sequence[Crop] | None = None) -> tuple[list[Crop], list[Crop]]:
+    """(train, test) of the published AMi-Br benchmark: rows of the split file vs. all others."""
+    data_dir = Path(data_dir)
+    crops = list(crops) if crops is not None else load_table(data_dir)
+    path = data_dir / TRAIN_SPLIT_FILE
+    try:
+        train_keys = {(row["dataset"], int(row["uid"])) for row in _read_csv(path)}
+    except KeyError as exc:
+        raise DataError(f"{path}: missing column {exc}") from None
+    known = {(c.dataset, c.uid) for c in crops}
+    if unknown := train_keys - known:
+        raise DataError(f"{path}: {len(unknown)} rows not in {TABLE_FILE}, e.g. {sorted(unknown)[0]}")
+    train = [c for c in crops if (c.dataset, c.uid) in train_keys]
+    test = [c for c in crops if (c.dataset, c.uid) not in train_keys]
+    return train, test
+
+
+def split_by_slide(
+    crops: Sequence[Crop], val_fraction: float = 0.15, seed: int = 0
+) -> tuple[list[Crop], list[Crop]]:
+    """(train, val): whole slides go to validation until it holds ``val_fraction`` of the crops
+    *and* of the atypical crops (so the rare class is represented), in a seeded random slide order.
+
+    No slide is ever on both sides.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    by_slide: dict[tuple[str, str], list[Crop]] = defaultdict(list)
+    for c in crops:
+        by_slide[c.slide_key].append(c)
+    keys = sorted(by_slide)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    need_all = val_fraction * len(crops)
+    need_atypical = val_fraction * sum(c.atypical for c in crops)
+    val_keys: set[tuple[str, str]] = set()
+    n_all = n_atypical = 0
+    for i in order:
+        if n_all >= need_all and n_atypical >= need_atypical:
+            break
+        group = by_slide[keys[i]]
+        group_atypical = sum(c.atypical for c in group)
+        # Once the crop quota is met, only slides that bring atypical figures are worth taking.
+        if n_all >= need_all and group_atypical == 0:
+            continue
+        val_keys.add(keys[i])
+        n_all += len(group)
+        n_atypical += group_atypical
+    if len(val_keys) == len(keys):
+        raise DataError("too few slides to hold out a validation part")
+    train = [c for c in crops if c.slide_key not in val_keys]
+    val = [c for c in crops if c.slide_key in val_keys]
+    return train, val
+
+
+def load_crop(path: Path | str) -> np.ndarray:
+    """One crop as H x W x 3 uint8 RGB."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read crop {path}: {exc}") from None
+
+
+def load_crops(crops: Iterable[Crop], size: int = CROP_SIZE) -> np.ndarray:
+    """The crops' pixels as N x size x size x 3 uint8 (all AMi-Br crops: about 180 MB)."""
+    crops = list(crops)
+    out = np.empty((len(crops), size, size, 3), dtype=np.uint8)
+    for i, c in enumerate(crops):
+        image = load_crop(c.path)
+        if image.shape != (size, size, 3):
+            raise DataError(f"crop {c.path} is {image.shape[1]}x{image.shape[0]}, expected {size}x{size}")
+        out[i] = image
+    return out
+
+
+def labels(crops: Sequence[Crop]) -> np.ndarray:
+    """Majority labels, 1 = atypical, as float32 (N,)."""
+    return np.array([c.atypical for c in crops], dtype=np.float32)
+
+
+def hardness(crops: Sequence[Crop]) -> np.ndarray:
+    """1 where the three experts disagree, as float32 (N,)."""
+    return np.array([c.hard for c in crops], dtype=np.float32)
+
+
+def summary(crops: Sequence[Crop]) -> str:
+    """``n crops (a atypical) from s slides``, for logs."""
+    return (
+        f"{len(crops)} crops ({sum(c.atypical for c in crops)} atypical, {sum(c.hard for c in crops)} hard) "
+        f"from {len({c.slide_key for c in crops})} slides"
+    )

@@ -1,0 +1,255 @@
+"""Detection metrics of the detector on mosaics of AMi-Br crops.
+
+The crops (128 x 128, each centred on a mitosis) are tiled side by side into large images; the ground
+truth is every annotated mitosis inside each crop (``training/labels.py``). A model's mitosis map
+goes through the product's post-processing (connected components -> centroid and score ->
+non-maximum suppression at 7.5 um), and detections are matched greedily, best score first, to
+unmatched ground-truth points within 7.5 um. The result is a sweep over the score threshold:
+recall and false detections per mm^2 of *crop area* (the mosaic's empty cells do not count).
+
+Caveat that every figure from here must carry: the crops are centred on mitoses and hold mostly
+ordinary nuclei and stroma, so their negatives are far easier than a real ROI's (apoptotic bodies,
+lymphocytes, pyknotic nuclei), and FP/mm^2 here underestimates the FP rate on real ROIs.
+
+Post-processing: ``postprocess_candidates`` is this module's re-implementation of the product's
+steps; ``evaluate_mosaic`` takes any ``detect(image) -> (points_xy, scores)`` so that the product's
+own function (``mitosis_analysis.pipeline``) can be plugged in instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
+
+SPACING_MM = 0.00025
+MATCH_RADIUS_MM = 0.0075
+MITOSIS_CHANNEL = 2
+ProbabilityFn = Callable[[np.ndarray], np.ndarray]  # N x 3 x H x W float32 [0,1] -> N x 4 x H x W
+
+
+# --- mosaics ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Mosaic:
+    image: np.ndarray  # H x W x 3 uint8
+    gt_points: np.ndarray  # (n, 2) x, y in mosaic pixels
+    n_crops: int
+    crop_size: int
+
+    @property
+    def crop_area_mm2(self) -> float:
+        return self.n_crops * (self.crop_size * SPACING_MM) ** 2
+
+
+def build_mosaic(images: np.ndarray, points: Sequence[np.ndarray], cols: int | None = None,
+                 fill: int = 255, multiple: int = 32) -> Mosaic:
+    """Crops (N x s x s x 3) side by side, row-major, ``cols`` per row; empty cells and the padding
+    to a multiple of ``multiple`` px are ``fill`` (white, like glass). ``points[i]`` are crop i's
+    ground-truth points in crop pixels."""
+    n, s = images.shape[0], images.shape[1]
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    height = math.ceil(rows * s / multiple) * multiple
+    width = math.ceil(cols * s / multiple) * multiple
+    mosaic = np.full((height, width, 3), fill, dtype=np.uint8)
+    gts = []
+    for i in range(n):
+        r, c = divmod(i, cols)
+        mosaic[r * s : (r + 1) * s, c * s : (c + 1) * s] = images[i]
+        gts.append(np.asarray(points[i], dtype=float).reshape(-1, 2) + [c * s, r * s])
+    return Mosaic(mosaic, np.concatenate(gts) if gts else np.zeros((0, 2)), n, s)
+
+
+# --- inference ----------------------------------------------------------------------------------
+
+
+def blend_window(tile: int) -> np.ndarray:
+    """Separable triangular weights, never zero (so borders of the image are still covered)."""
+    ramp = 1.0 - np.abs(np.linspace(-1.0, 1.0, tile)) + 1e-3
+    return np.outer(ramp, ramp).astype(np.float32)
+
+
+def predict_tiled(image: np.ndarray, probabilities: ProbabilityFn, tile: int = 512, overlap: float = 0.5,
+                  batch: int = 4, channel: int = MITOSIS_CHANNEL) -> np.ndarray:
+    """One channel of the model's output over a whole H x W x 3 uint8 image, from ``tile`` px tiles
+    with ``overlap``, blended with ``blend_window``; the image is padded with white to fit."""
+    stride = max(1, round(tile * (1 - overlap)))
+    h, w = image.shape[:2]
+    ph = max(tile, math.ceil((h - tile) / stride) * stride + tile)
+    pw = max(tile, math.ceil((w - tile) / stride) * stride + tile)
+    padded = np.full((ph, pw, 3), 255, dtype=np.uint8)
+    padded[:h, :w] = image
+    acc = np.zeros((ph, pw), dtype=np.float32)
+    weight = np.zeros((ph, pw), dtype=np.float32)
+    window = blend_window(tile)
+    corners = [(y, x) for y in range(0, ph - tile + 1, stride) for x in range(0, pw - tile + 1, stride)]
+    for i in range(0, len(corners), batch):
+        group = corners[i : i + batch]
+        x = np.stack([padded[y : y + tile, x0 : x0 + tile] for y, x0 in group])
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+        out = probabilities(x)[:, channel]
+        for (y, x0), p in zip(group, out):
+            acc[y : y + tile, x0 : x0 + tile] += p * window
+            weight[y : y + tile, x0 : x0 + tile] += window
+    return (acc / weight)[:h, :w]
+
+
+# --- post-processing (the product's steps) ------------------------------------------------------
+
+
+def postprocess_candidates(p_mitosis: np.ndarray, floor: float = 0.1, min_area: int = 12,
+                           nms_radius_px: float = MATCH_RADIUS_MM / SPACING_MM) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of ``p_mitosis >= floor`` (at least ``min_area`` px) -> probability-
+    weighted centroid and max probability each -> NMS within ``nms_radius_px``. Returns (xy, score)."""
+    components, n = ndi.label(p_mitosis >= floor)
+    if n == 0:
+        return np.zeros((0, 2)), np.zeros(0)
+    index = np.arange(1, n + 1)
+    area = ndi.sum_labels(np.ones_like(p_mitosis), components, index)
+    score = ndi.maximum(p_mitosis, components, index)
+    cy, cx = np.array(ndi.center_of_mass(p_mitosis, components, index)).reshape(-1, 2).T
+    keep = area >= min_area
+    return nms(np.stack([cx[keep], cy[keep]], axis=1), score[keep], nms_radius_px)
+
+
+def nms(points: np.ndarray, scores: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Of points closer than ``radius`` keep the best scoring; output sorted by descending score."""
+    order = np.argsort(-scores, kind="stable")
+    points, scores = points[order], scores[order]
+    if len(points) == 0:
+        return points.reshape(0, 2), scores
+    tree = cKDTree(points)
+    suppressed = np.zeros(len(points), dtype=bool)
+    for i in range(len(points)):
+        if suppressed[i]:
+            continue
+        for j in tree.query_ball_point(points[i], radius):
+            if j > i:
+                suppressed[j] = True
+    return points[~suppressed], scores[~suppressed]
+
+
+# --- matching and sweep -------------------------------------------------------------------------
+
+
+def greedy_match(points: np.ndarray, scores: np.ndarray, gt: np.ndarray, radius: float) -> np.ndarray:
+    """True where a detection (taken best score first) matches a still-unmatched ground-truth point
+    within ``radius``. Because the order is by score, the matching at any threshold is a prefix of
+    this one, so one pass gives the whole sweep."""
+    order = np.argsort(-scores, kind="stable")
+    hit = np.zeros(len(points), dtype=bool)
+    if len(gt) == 0 or len(points) == 0:
+        return hit
+    tree = cKDTree(gt)
+    taken = np.zeros(len(gt), dtype=bool)
+    for i in order:
+        candidates = tree.query_ball_point(points[i], radius)
+        free = [j for j in candidates if not taken[j]]
+        if free:
+            j = min(free, key=lambda k: np.hypot(*(gt[k] - points[i])))
+            taken[j] = True
+            hit[i] = True
+    return hit
+
+
+@dataclass
+class Sweep:
+    thresholds: np.ndarray
+    recall: np.ndarray
+    fp_per_mm2: np.ndarray
+    precision: np.ndarray
+    n_gt: int
+    area_mm2: float
+
+    def at(self, threshold: float) -> dict:
+        i = int(np.argmin(np.abs(self.thresholds - threshold)))
+        return {"threshold": float(self.thresholds[i]), "recall": float(self.recall[i]),
+                "fp_per_mm2": float(self.fp_per_mm2[i]), "precision": float(self.precision[i]),
+                "f1": f1(self.precision[i], self.recall[i]), "n_gt": self.n_gt, "area_mm2": self.area_mm2}
+
+    def recall_at_fp(self, fp_per_mm2: float) -> float:
+        ok = self.fp_per_mm2 <= fp_per_mm2
+        return float(self.recall[ok].max()) if ok.any() else 0.0
+
+    def threshold_for_fp(self, fp_per_mm2: float) -> float:
+        """The lowest threshold (highest recall) whose FP/mm^2 stays within ``fp_per_mm2``."""
+        ok = self.fp_per_mm2 <= fp_per_mm2
+        return float(self.thresholds[ok].min()) if ok.any() else float(self.thresholds.max())
+
+    def best_f1_threshold(self) -> float:
+        scores = [f1(p, r) for p, r in zip(self.precision, self.recall)]
+        return float(self.thresholds[int(np.argmax(scores))])
+
+    def to_dict(self) -> dict:
+        return {"thresholds": self.thresholds.tolist(), "recall": self.recall.tolist(),
+                "fp_per_mm2": self.fp_per_mm2.tolist(), "precision": self.precision.tolist(),
+                "n_gt": self.n_gt, "area_mm2": self.area_mm2}
+
+
+def f1(precision: float, recall: float) -> float:
+    return float(2 * precision * recall / (precision + recall)) if precision + recall > 0 else 0.0
+
+
+def sweep(points: np.ndarray, scores: np.ndarray, gt: np.ndarray, area_mm2: float,
+          thresholds: np.ndarray | None = None, radius_px: float = MATCH_RADIUS_MM / SPACING_MM) -> Sweep:
+    thresholds = np.round(np.arange(0.1, 1.0, 0.01), 4) if thresholds is None else np.asarray(thresholds)
+    hit = greedy_match(points, scores, gt, radius_px)
+    tp = np.array([(hit & (scores >= t)).sum() for t in thresholds], dtype=float)
+    n_det = np.array([(scores >= t).sum() for t in thresholds], dtype=float)
+    fp = n_det - tp
+    recall = tp / max(len(gt), 1)
+    precision = np.where(n_det > 0, tp / np.maximum(n_det, 1), 1.0)
+    return Sweep(thresholds, recall, fp / area_mm2, precision, len(gt), area_mm2)
+
+
+def merge_detections(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], spacing: float = 1e6):
+    """Several mosaics' (points, scores, gt) as one problem (offset so that nothing crosses over)."""
+    pts, scs, gts = [], [], []
+    for k, (p, s, g) in enumerate(parts):
+        pts.append(np.asarray(p).reshape(-1, 2) + k * spacing)
+        scs.append(np.asarray(s).reshape(-1))
+        gts.append(np.asarray(g).reshape(-1, 2) + k * spacing)
+    return np.concatenate(pts), np.concatenate(scs), np.concatenate(gts)
+
+
+def partial_froc(s: Sweep, fp_rates: Sequence[float] = (2.5, 5.0, 10.0, 20.0)) -> float:
+    """Mean recall at the given FP/mm^2 rates: the model-selection score on validation."""
+    return float(np.mean([s.recall_at_fp(r) for r in fp_rates]))
+
+
+def plot_sweep(s: Sweep, path, title: str, chosen: float | None = None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].plot(s.thresholds, s.recall, label="recall")
+    axes[0].plot(s.thresholds, s.precision, label="precision")
+    ax2 = axes[0].twinx()
+    ax2.plot(s.thresholds, s.fp_per_mm2, color="tab:red", label="FP / mm²")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("false detections per mm² of crop area")
+    axes[0].set_xlabel("mitosis score threshold")
+    axes[0].legend(loc="lower left")
+    axes[1].plot(s.fp_per_mm2, s.recall, marker=".")
+    axes[1].set_xscale("symlog", linthresh=1)
+    axes[1].axvline(5, color="grey", ls="--", lw=0.8)
+    axes[1].axhline(0.9, color="grey", ls="--", lw=0.8)
+    axes[1].set_xlabel("false detections per mm² (crop area)")
+    axes[1].set_ylabel(f"recall within 7.5 µm (n={s.n_gt})")
+    if chosen is not None:
+        m = s.at(chosen)
+        axes[0].axvline(chosen, color="k", lw=0.8)
+        axes[1].plot([m["fp_per_mm2"]], [m["recall"]], "k*", ms=12, label=f"threshold {chosen:.2f}")
+        axes[1].legend()
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

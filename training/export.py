@@ -1,0 +1,255 @@
+"""Export the detector and the classifier to ONNX and write ``weights/manifest.json``.
+
+Usage (what ``./export.sh`` runs)::
+
+    python -m training.export [--checkpoints training/checkpoints] [--weights weights]
+                              [--tolerance 1e-4] [--opset 17]
+
+For each model kind it takes ``<checkpoints>/<kind>.pt`` when present (a ``torch.save`` dict with
+keys ``arch``, ``config``, ``state_dict``, ``threshold``, ``metrics`` and optionally ``command``,
+``data``, ``created``), otherwise a random-initialised model (seed 0) so that the product can be
+built and tested before training; the manifest says which (``provenance.trained``).
+
+Each exported graph is checked against PyTorch with ONNX Runtime (CPU) on random input of two batch
+sizes (and, for the detector, two spatial sizes); the export fails when the max absolute difference
+exceeds ``--tolerance``. Files are written atomically (temp file + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a script as well as with -m
+    sys.path.insert(0, str(REPO_ROOT))
+
+import model as models  # noqa: E402
+from mitosis_analysis.manifest import Manifest, sha256_file  # noqa: E402
+from mitosis_analysis.settings import (  # noqa: E402
+    CLASSIFIER_FILE,
+    DETECTOR_FILE,
+    MANIFEST_FILE,
+    SEGMENTATION_CLASSES,
+    Settings,
+)
+
+MAX_ONNX_BYTES = 30 * 1024 * 1024
+DEFAULT_THRESHOLDS = {"detector": 0.5, "classifier": 0.5}
+FILES = {"detector": DETECTOR_FILE, "classifier": CLASSIFIER_FILE}
+# Input shapes of the parity check: (batch, height, width). The detector is checked at two sizes
+# to prove the spatial axes are dynamic; 32-multiples as the product uses.
+PARITY_SHAPES = {
+    "detector": [(1, 512, 512), (3, 256, 384)],
+    "classifier": [(1, 128, 128), (5, 128, 128)],
+}
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass
+class Exported:
+    kind: str
+    path: Path
+    net: nn.Module
+    trained: bool
+    threshold: float
+    parameters: int
+    max_abs_diff: float
+    checkpoint: dict = field(default_factory=dict)
+
+
+def load_model(kind: str, checkpoint_path: Path) -> tuple[nn.Module, dict, bool]:
+    """The model from its checkpoint if there is one, else random-initialised (seed 0)."""
+    if checkpoint_path.is_file():
+        ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        missing = {"arch", "config", "state_dict"} - set(ckpt)
+        if missing:
+            raise ExportError(f"checkpoint {checkpoint_path} lacks keys {sorted(missing)}")
+        net = models.build(kind, arch=ckpt["arch"], **ckpt["config"])
+        net.load_state_dict(ckpt["state_dict"])
+        return net.eval(), ckpt, True
+    torch.manual_seed(0)
+    return models.build(kind).eval(), {}, False
+
+
+def export_onnx(kind: str, net: nn.Module, path: Path, opset: int) -> None:
+    wrapped = models.for_export(kind, net)
+    size = 512 if kind == "detector" else 128
+    dummy = torch.rand(1, 3, size, size)
+    output_name = models.OUTPUT_NAMES[kind]
+    dynamic = {"image": {0: "batch"}, output_name: {0: "batch"}}
+    if kind == "detector":
+        dynamic = {"image": {0: "batch", 2: "height", 3: "width"},
+                   output_name: {0: "batch", 2: "height", 3: "width"}}
+    tmp = path.with_name(path.name + ".tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # the legacy exporter: no onnxscript here
+        torch.onnx.export(
+            wrapped, (dummy,), str(tmp), dynamo=False, input_names=["image"], output_names=[output_name],
+            dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True,
+        )
+    import onnx
+
+    onnx.checker.check_model(str(tmp))
+    if tmp.stat().st_size > MAX_ONNX_BYTES:
+        tmp.unlink()
+        raise ExportError(f"{path.name} is {tmp.stat().st_size / 2**20:.1f} MiB > 30 MiB")
+    os.replace(tmp, path)
+
+
+def parity(kind: str, net: nn.Module, path: Path, seed: int = 0) -> float:
+    """Max |ORT - PyTorch| over the PARITY_SHAPES inputs (uniform random in [0, 1])."""
+    import onnxruntime as ort
+
+    wrapped = models.for_export(kind, net)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for n, h, w in PARITY_SHAPES[kind]:
+        x = rng.random((n, 3, h, w), dtype=np.float32)
+        with torch.no_grad():
+            expected = wrapped(torch.from_numpy(x)).numpy()
+        (got,) = session.run(None, {"image": x})
+        if got.shape != expected.shape:
+            raise ExportError(f"{kind}: ORT output shape {got.shape} != PyTorch {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return worst
+
+
+def normalisation(net: nn.Module) -> dict:
+    return {name: [round(float(v), 6) for v in getattr(net, name).flatten()] for name in ("mean", "std")}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() or None
+
+
+def model_entry(e: Exported, opset: int) -> dict:
+    entry = {
+        "file": e.path.name,
+        "sha256": sha256_file(e.path),
+        "output_name": models.OUTPUT_NAMES[e.kind],
+        "input_size": 512 if e.kind == "detector" else Settings().crop_size,
+        "normalisation": normalisation(e.net),
+        "parameters": e.parameters,
+        "opset": opset,
+    }
+    if e.kind == "detector":
+        entry["classes"] = list(SEGMENTATION_CLASSES)
+    return entry
+
+
+def provenance(exported: dict[str, Exported], command: str) -> dict:
+    trained = all(e.trained for e in exported.values())
+    per_model = {}
+    for kind, e in exported.items():
+        ck = e.checkpoint
+        per_model[kind] = {
+            "trained": e.trained,
+            "arch": ck.get("arch", "default config, random init (seed 0)"),
+            "config": ck.get("config"),
+            "training_command": ck.get("command"),
+            "data": ck.get("data"),
+            "checkpoint_created": ck.get("created"),
+            "threshold": e.threshold,
+            "metrics": ck.get("metrics"),
+            "onnx_vs_pytorch_max_abs_diff": e.max_abs_diff,
+        }
+    commands = [command] + [f"{k}: {e.checkpoint['command']}" for k, e in exported.items()
+                            if e.checkpoint.get("command")]
+    data = "; ".join(sorted({str(e.checkpoint.get("data")) for e in exported.values() if e.trained}))
+    untrained = [k for k, e in exported.items() if not e.trained]
+    notes = None
+    if untrained:
+        notes = (f"UNTRAINED (random initialisation, seed 0): {', '.join(untrained)}; "
+                 "its outputs are meaningless until a checkpoint is exported")
+    return {
+        "trained": trained,
+        "command": " && ".join(commands),
+        "data": data or "none (random initialisation)",
+        "git_commit": git_commit(),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "notes": notes,
+        "metrics": per_model,
+    }
+
+
+def write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoints", type=Path, default=REPO_ROOT / "training" / "checkpoints")
+    parser.add_argument("--weights", type=Path, default=REPO_ROOT / "weights")
+    parser.add_argument("--tolerance", type=float, default=1e-4, help="max |ORT - PyTorch| allowed")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--command", default="./export.sh", help="recorded in the manifest")
+    args = parser.parse_args(argv)
+    args.weights.mkdir(parents=True, exist_ok=True)
+
+    exported: dict[str, Exported] = {}
+    for kind in ("detector", "classifier"):
+        net, ckpt, trained = load_model(kind, args.checkpoints / f"{kind}.pt")
+        path = args.weights / FILES[kind]
+        export_onnx(kind, net, path, args.opset)
+        diff = parity(kind, net, path)
+        source = args.checkpoints / f"{kind}.pt" if trained else "random init (no checkpoint)"
+        print(f"{kind}: {source} -> {path} ({path.stat().st_size / 2**20:.2f} MiB); "
+              f"max |ORT - PyTorch| = {diff:.2e} (tolerance {args.tolerance:.0e})", file=sys.stderr)
+        if not diff <= args.tolerance:
+            path.unlink()
+            raise ExportError(f"{kind}: ONNX Runtime differs from PyTorch by {diff:.2e} > {args.tolerance:.0e}")
+        threshold = float(ckpt.get("threshold", DEFAULT_THRESHOLDS[kind]))
+        exported[kind] = Exported(kind, path, net, trained, threshold,
+                                  sum(p.numel() for p in net.parameters()), diff, ckpt)
+
+    manifest = Manifest.model_validate({
+        "spacing_mm": Settings().default_spacing_mm,
+        "detector": model_entry(exported["detector"], args.opset),
+        "classifier": model_entry(exported["classifier"], args.opset),
+        "thresholds": {"detection": exported["detector"].threshold, "atypical": exported["classifier"].threshold},
+        "provenance": provenance(exported, args.command),
+    })
+    write_atomically(args.weights / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
+    Manifest.load(args.weights)  # round trip through the product's reader
+    for kind, e in exported.items():
+        manifest.verified_path(args.weights, getattr(manifest, kind))
+    print(f"wrote {args.weights / MANIFEST_FILE} (trained: detector={exported['detector'].trained}, "
+          f"classifier={exported['classifier'].trained})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ExportError as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        sys.exit(1)

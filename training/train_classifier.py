@@ -1,0 +1,292 @@
+"""Train the atypical-vs-normal classifier on AMi-Br (from scratch: no pretrained weights).
+
+    python -m training.train_classifier --data ../shared/data/ami-br --out training/runs/classifier
+
+Protocol: the published AMi-Br split (``training/data.py``); validation = whole slides held out of
+the training split (15 %); the test split is only predicted once, at the end, for the report.
+Training: balanced sampling (each batch draws both classes equally often), focal loss on the
+majority label plus an auxiliary *hardness* head (BCE on "the three experts disagree"), dihedral +
+HED stain + brightness/contrast + blur/sharpen augmentation (``training/augment.py``), AdamW with
+linear warm-up and cosine decay, an exponential moving average (EMA) of the weights, which is what
+is validated and saved. The epoch with the best validation AUROC is kept; its operating threshold
+maximises balanced accuracy on validation, for the number of flip views the product averages
+(``Settings.classifier_tta``), and for 1, 2, 4 and 8 views as well (``thresholds_by_views``).
+
+Writes ``<checkpoint>`` (default ``training/checkpoints/classifier.pt``, the dict ``export.sh``
+reads: arch, config, state_dict, threshold, metrics, ...), and in ``--out``: ``metrics.json``,
+``history.json``, ``curves.png`` and ``threshold_sweep.png``. Everything is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from mitosis_analysis.settings import Settings  # noqa: E402
+from model.classifier import ARCH, build_classifier  # noqa: E402
+from training import augment as aug  # noqa: E402
+from training import classifier_eval as ev  # noqa: E402
+from training import data as amibr  # noqa: E402
+
+VIEWS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    focal_gamma: float = 2.0
+    hardness_weight: float = 0.2
+    ema_decay: float = 0.99
+    val_fraction: float = 0.15
+    seed: int = 0
+    width: int = 16
+    dropout: float = 0.3
+    threads: int = 1
+    # Keep only this many crops per split (stratified, seeded): for smoke tests.
+    limit: int | None = None
+    # Stop after the epoch that would overrun this many minutes (None: no limit).
+    max_minutes: float | None = None
+
+
+# --- pure pieces --------------------------------------------------------------------------------
+
+
+def focal_loss(logit: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Binary focal loss (Lin et al. 2017), mean over the batch; gamma = 0 is plain BCE."""
+    bce = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
+    p = torch.sigmoid(logit)
+    p_true = p * target + (1 - p) * (1 - target)
+    return ((1 - p_true).pow(gamma) * bce).mean()
+
+
+def balanced_indices(y: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices drawn with replacement so that each class is equally likely."""
+    y = np.asarray(y).astype(bool)
+    weights = np.where(y, 0.5 / max(1, y.sum()), 0.5 / max(1, (~y).sum()))
+    return rng.choice(len(y), size=n, replace=True, p=weights / weights.sum())
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of N x H x W x 3 uint8 images, in [0, 1] units."""
+    x = images.reshape(-1, 3).astype(np.float64) / 255.0
+    return tuple(float(v) for v in x.mean(0)), tuple(float(v) for v in x.std(0))
+
+
+def stratified_subset(crops: Sequence[amibr.Crop], n: int, rng: np.random.Generator) -> list[amibr.Crop]:
+    """``n`` crops, half atypical where possible, in table order."""
+    pos = [i for i, c in enumerate(crops) if c.atypical]
+    neg = [i for i, c in enumerate(crops) if not c.atypical]
+    n_pos = min(len(pos), n // 2)
+    keep = list(rng.choice(pos, n_pos, replace=False)) + list(rng.choice(neg, min(len(neg), n - n_pos), replace=False))
+    return [crops[i] for i in sorted(keep)]
+
+
+def to_batch(images: np.ndarray) -> torch.Tensor:
+    """N x H x W x 3 uint8 -> N x 3 x H x W float in [0, 1], channels-last memory."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _atomic_json(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def train(
+    cfg: TrainConfig,
+    data_dir: Path,
+    out_dir: Path,
+    checkpoint_path: Path,
+    command: str = "",
+    log=lambda msg: print(msg, file=sys.stderr, flush=True),
+) -> dict:
+    """Train, select, calibrate the threshold on validation, report on test; returns the checkpoint dict."""
+    t_start = time.time()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    train_all, test = amibr.published_split(data_dir)
+    if cfg.limit:
+        train_all = stratified_subset(train_all, cfg.limit, rng)
+        test = stratified_subset(test, cfg.limit, rng)
+    fit, val = amibr.split_by_slide(train_all, cfg.val_fraction, cfg.seed)
+    log(f"fit: {amibr.summary(fit)}\nval: {amibr.summary(val)}\ntest: {amibr.summary(test)} (reported at the end only)")
+    x_fit, x_val = amibr.load_crops(fit), amibr.load_crops(val)
+    y_fit, y_val = amibr.labels(fit), amibr.labels(val)
+    h_fit = amibr.hardness(fit)
+
+    mean, std = channel_stats(x_fit)
+    model_config = {"width": cfg.width, "dropout": cfg.dropout, "mean": list(mean), "std": list(std)}
+    net = build_classifier(arch=ARCH, **model_config).to(memory_format=torch.channels_last)
+    ema = torch.optim.swa_utils.AveragedModel(
+        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+    )
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        (no_decay if p.ndim == 1 else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    steps_per_epoch = max(1, len(fit) // cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+    warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup_steps))
+    aug_config = aug.AugmentConfig()
+
+    history: list[dict] = []
+    best = {"val_auroc": -1.0}
+    best_state = None
+    step = 0
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.time()
+        net.train()
+        order = balanced_indices(y_fit, steps_per_epoch * cfg.batch_size, rng)
+        losses = []
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            images = np.stack([aug.augment(x_fit[i], aug_config, rng=rng) for i in idx])
+            logit, hard_logit = net.logits(to_batch(images))
+            target = torch.from_numpy(y_fit[idx])
+            loss = focal_loss(logit, target, cfg.focal_gamma)
+            loss = loss + cfg.hardness_weight * F.binary_cross_entropy_with_logits(hard_logit, torch.from_numpy(h_fit[idx]))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            ema.update_parameters(net)
+            losses.append(float(loss.detach()))
+            step += 1
+        p_val = ev.predict(ema.module, x_val, n_views=1)
+        val_bce = float(F.binary_cross_entropy(torch.from_numpy(p_val).double().clamp(1e-7, 1 - 1e-7),
+                                               torch.from_numpy(y_val).double()))
+        thr, ba = ev.best_threshold(y_val, p_val)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_bce": val_bce,
+               "val_auroc": ev.auroc(y_val, p_val), "val_best_ba": ba, "val_best_threshold": thr,
+               "lr": float(sched.get_last_lr()[0]), "seconds": time.time() - t0}
+        history.append(row)
+        if row["val_auroc"] > best["val_auroc"]:
+            best = row
+            best_state = copy.deepcopy(ema.module.state_dict())
+        log(f"epoch {epoch:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  val bce {val_bce:.4f}  "
+            f"auroc {row['val_auroc']:.4f}  best-BA {ba:.4f}  ({row['seconds']:.0f} s)")
+        elapsed_min = (time.time() - t_start) / 60
+        if cfg.max_minutes is not None and elapsed_min + row["seconds"] / 60 > cfg.max_minutes and epoch < cfg.epochs:
+            log(f"stopping after epoch {epoch}: the next one would overrun --max-minutes {cfg.max_minutes}")
+            break
+
+    # --- selection, threshold on validation, final report on test ---
+    final = build_classifier(arch=ARCH, **model_config).to(memory_format=torch.channels_last)
+    final.load_state_dict(best_state)
+    final.eval()
+    product_views = Settings().classifier_tta
+    x_test, y_test = amibr.load_crops(test), amibr.labels(test)
+    val_metrics, test_metrics, thresholds, probs = {}, {}, {}, {}
+    for n in VIEWS:
+        p_val = ev.predict(final, x_val, n_views=n)
+        thresholds[str(n)], _ = ev.best_threshold(y_val, p_val)
+        val_metrics[f"views_{n}"] = ev.binary_metrics(y_val, p_val, thresholds[str(n)])
+        p_test = ev.predict(final, x_test, n_views=n)
+        test_metrics[f"views_{n}"] = ev.binary_metrics(y_test, p_test, thresholds[str(n)])
+        probs[n] = (p_val, p_test)
+    threshold = thresholds[str(product_views)]
+    metrics = {
+        "selected_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "product_views": product_views,
+        "threshold": threshold,
+        "validation": val_metrics,
+        "test": test_metrics,
+        "splits": {"fit": amibr.summary(fit), "validation": amibr.summary(val), "test": amibr.summary(test)},
+        "train_minutes": (time.time() - t_start) / 60,
+    }
+    for n in VIEWS:
+        v, t = val_metrics[f"views_{n}"], test_metrics[f"views_{n}"]
+        log(f"{n} view(s): val BA {v['balanced_accuracy']:.4f} AUROC {v['auroc']:.4f} | test BA {t['balanced_accuracy']:.4f} "
+            f"sens {t['sensitivity']:.4f} spec {t['specificity']:.4f} AUROC {t['auroc']:.4f} @ {v['threshold']:.3f}")
+
+    checkpoint = {
+        "arch": ARCH,
+        "config": model_config,
+        "state_dict": best_state,
+        "threshold": threshold,
+        "thresholds_by_views": thresholds,
+        "metrics": metrics,
+        "train_config": dataclasses.asdict(cfg),
+        "history": history,
+        "command": command,
+        "data": f"AMi-Br ({data_dir}): published training split, slide-held-out validation; test split for the report only",
+        "initialisation": "random (from scratch; no pretrained weights)",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = checkpoint_path.with_name(checkpoint_path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, checkpoint_path)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_json(metrics, out_dir / "metrics.json")
+    _atomic_json(history, out_dir / "history.json")
+    ev.plot_training_curves(history, out_dir / "curves.png")
+    p_val, p_test = probs[product_views]
+    ev.plot_threshold_sweep({f"validation, {product_views} views": (y_val, p_val),
+                             f"test, {product_views} views": (y_test, p_test)}, threshold, out_dir / "threshold_sweep.png")
+    log(f"wrote {checkpoint_path} and {out_dir}/{{metrics.json,history.json,curves.png,threshold_sweep.png}}")
+    return checkpoint
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    defaults = TrainConfig()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared/data/ami-br")
+    ap.add_argument("--out", type=Path, default=REPO_ROOT / "training/runs/classifier")
+    ap.add_argument("--checkpoint", type=Path, default=REPO_ROOT / "training/checkpoints/classifier.pt")
+    for f in dataclasses.fields(TrainConfig):
+        kind = {"int | None": int, "float | None": float}.get(str(f.type), eval(str(f.type)))  # noqa: S307
+        ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=getattr(defaults, f.name))
+    args = ap.parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    command = "python -m training.train_classifier " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    try:
+        train(cfg, args.data, args.out, args.checkpoint, command)
+    except amibr.DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""Train the 4-class segmentation detector (``model/unet.py``) on AMi-Br crops.
+
+    python -m training.train_detector --data ../shared/data [--epochs 30] [--minutes 60]
+
+Data: the published AMi-Br training split; validation = whole slides taken out of it
+(``training.data.split_by_slide``); the test split is not read here. Labels per crop come from
+``training/labels.py`` (annotated mitoses, MIDOG++ hard negatives, classical-teacher nuclei).
+
+A training sample is a 2 x 2 mosaic of randomly chosen crops (each with its own random symmetry and
+HED stain / brightness / blur-sharpen jitter from ``training/augment.py``) from which a random
+``--window`` px square is cut: the figures land anywhere in the input, next to crop seams as in the
+evaluation mosaics. Loss: CE + class-ratio-weighted Dice + focal + point CE at annotated centres
+(``training/losses.py``); optionally (``--consistency W``) a weak/strong-view feature-consistency
+term. Teacher-student (``--teacher-student``): from the first validation on, a frozen copy of the
+best student relabels background/normal-nucleus pixels where it is confident, refining the
+classical teacher's nucleus masks; the copy is refreshed at each new best validation score.
+
+Every epoch: validation on slide-held-out mosaics (recall and FP/mm^2 sweep,
+``training/detector_eval.py``); the best epoch (mean recall at 2.5/5/10/20 FP per mm^2) is saved to
+``--checkpoint`` with its operating threshold (the lowest one within 5 FP/mm^2 on validation).
+Writes ``metrics.json``, ``log.txt`` and ``curves.png`` in ``--run-dir``. Seeds are fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from model import build_detector  # noqa: E402
+from training import augment, data, detector_eval, labels as label_lib, losses  # noqa: E402
+
+AMIBR_DIR = "ami-br"
+FP_BUDGET_PER_MM2 = 5.0
+
+
+@dataclass
+class LabelledCrops:
+    """Crops, their label maps and ground-truth points, held in memory."""
+
+    crops: list
+    images: np.ndarray  # N x 128 x 128 x 3 uint8
+    labels: np.ndarray  # N x 128 x 128 uint8
+    points: np.ndarray  # N x 128 x 128 uint8 (IGNORE except at annotated centres)
+    mitoses: list  # per crop (n, 2) crop-pixel points
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+
+def label_crops(crops, annotations) -> LabelledCrops:
+    images = data.load_crops(crops)
+    maps = [label_lib.crop_labels(img, c, annotations) for img, c in zip(images, crops)]
+    return LabelledCrops(list(crops), images, np.stack([m.labels for m in maps]),
+                         np.stack([m.points for m in maps]), [m.mitoses for m in maps])
+
+
+def augmented_crop(ds: LabelledCrops, i: int, rng: np.random.Generator,
+                   config: augment.AugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    image, lab, pts = augment.random_dihedral(ds.images[i], ds.labels[i], ds.points[i], rng=rng)
+    return augment.augment_photometric(image, config, rng=rng), lab, pts
+
+
+def mosaic_sample(ds: LabelledCrops, indices, window: int, rng: np.random.Generator,
+                  config: augment.AugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 2 x 2 mosaic of the crops ``indices`` (4 of them), randomly cut to ``window`` px."""
+    s = ds.images.shape[1]
+    image = np.empty((2 * s, 2 * s, 3), np.uint8)
+    lab = np.empty((2 * s, 2 * s), np.uint8)
+    pts = np.empty((2 * s, 2 * s), np.uint8)
+    for k, i in enumerate(indices):
+        r, c = divmod(k, 2)
+        sl = (slice(r * s, (r + 1) * s), slice(c * s, (c + 1) * s))
+        image[sl], lab[sl], pts[sl] = augmented_crop(ds, i, rng, config)
+    y, x = rng.integers(0, 2 * s - window + 1, size=2)
+    return image[y : y + window, x : x + window], lab[y : y + window, x : x + window], pts[y : y + window, x : x + window]
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float().div_(255.0)
+
+
+def batches(ds: LabelledCrops, batch_size: int, window: int, rng: np.random.Generator,
+            config: augment.AugmentConfig, strong: augment.AugmentConfig | None = None):
+    """One epoch: every crop once, in random groups of four, ``batch_size`` mosaics per batch."""
+    order = rng.permutation(len(ds))
+    groups = [order[i : i + 4] for i in range(0, len(order) - 3, 4)]
+    for b in range(0, len(groups), batch_size):
+        chunk = groups[b : b + batch_size]
+        samples = [mosaic_sample(ds, g, window, rng, config) for g in chunk]
+        image = np.stack([s[0] for s in samples])
+        batch = {"image": to_tensor(image),
+                 "labels": torch.from_numpy(np.stack([s[1] for s in samples])),
+                 "points": torch.from_numpy(np.stack([s[2] for s in samples]))}
+        if strong is not None:  # same geometry, stronger photometric change
+            batch["strong"] = to_tensor(np.stack([augment.augment_photometric(im, strong, rng=rng) for im in image]))
+        yield batch
+
+
+def refine_with_teacher(teacher: torch.nn.Module, image: torch.Tensor, labels: torch.Tensor,
+                        confidence: float = 0.8) -> torch.Tensor:
+    """Background/normal-nucleus pixels relabelled by the teacher where it is confident between the
+    two; mitosis and hard-negative labels (annotations) are never touched."""
+    with torch.no_grad():
+        p = torch.softmax(teacher(image), dim=1)
+    p_bg, p_normal = p[:, label_lib.BACKGROUND], p[:, label_lib.NORMAL]
+    share = p_normal / (p_bg + p_normal).clamp(min=1e-6)
+    editable = (labels == label_lib.BACKGROUND) | (labels == label_lib.NORMAL)
+    out = labels.clone()
+    out[editable & (share >= confidence)] = label_lib.NORMAL
+    out[editable & (share <= 1 - confidence)] = label_lib.BACKGROUND
+    return out
+
+
+def mitosis_probability(net: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    """P(mitosis) for N x H x W x 3 uint8 images (whole, no tiling)."""
+    net.eval()
+    with torch.no_grad():
+        return torch.softmax(net(to_tensor(images)), dim=1)[:, label_lib.MITOSIS].numpy()
+
+
+def validation_mosaics(ds: LabelledCrops, cols: int = 8) -> list[detector_eval.Mosaic]:
+    per = cols * cols
+    return [detector_eval.build_mosaic(ds.images[i : i + per], ds.mitoses[i : i + per], cols=cols)
+            for i in range(0, len(ds), per)]
+
+
+def validate(net: torch.nn.Module, mosaics: list[detector_eval.Mosaic]) -> detector_eval.Sweep:
+    parts = []
+    for m in mosaics:
+        p = mitosis_probability(net, m.image[None])[0]
+        pts, scores = detector_eval.postprocess_candidates(p)
+        parts.append((pts, scores, m.gt_points))
+    points, scores, gt = detector_eval.merge_detections(parts)
+    return detector_eval.sweep(points, scores, gt, sum(m.crop_area_mm2 for m in mosaics))
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "ce", "dice", "focal", "point", "consistency"):
+        if key in history[0]:
+            axes[0].plot(epochs, [h[key] for h in history], label=key)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("epoch")
+    axes[0].set_title("training loss (mean per epoch)")
+    axes[0].legend()
+    for key in ("val_score", "val_recall_at_5fp", "val_recall_at_20fp"):
+        axes[1].plot(epochs, [h[key] for h in history], label=key)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_title("validation (slide-held-out mosaics)")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_atomically(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data")
+    p.add_argument("--checkpoint", type=Path, default=REPO_ROOT / "training" / "checkpoints" / "detector.pt")
+    p.add_argument("--run-dir", type=Path, default=None, help="default training/runs/detector-<UTC time>")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--minutes", type=float, default=None, help="stop after the epoch that passes this wall time")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
+    p.add_argument("--limit-crops", type=int, default=None, help="use only this many training crops (smoke tests)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--window", type=int, default=192)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--teacher-student", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--teacher-from-epoch", type=int, default=6,
+                   help="the first best student that may become the teacher (earlier ones are too raw)")
+    p.add_argument("--consistency", type=float, default=0.0, help="weight of the weak/strong feature term")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    command = "python -m training.train_detector " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    started = time.time()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    run_dir = args.run_dir or REPO_ROOT / "training" / "runs" / f"detector-{dt.datetime.utcnow():%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_file = open(run_dir / "log.txt", "a")
+
+    def log(msg: str) -> None:
+        line = f"[{dt.datetime.utcnow():%H:%M:%S}] {msg}"
+        print(line, file=sys.stderr, flush=True)
+        print(line, file=log_file, flush=True)
+
+    amibr = args.data / AMIBR_DIR
+    table = data.load_table(amibr)
+    train_crops, _test = data.published_split(amibr, table)  # the test split is never used here
+    train_crops, val_crops = data.split_by_slide(train_crops, args.val_fraction, seed=args.seed)
+    if args.limit_crops:
+        train_crops, val_crops = train_crops[: args.limit_crops], val_crops[: max(4, args.limit_crops // 4)]
+    annotations = label_lib.slide_annotations(table, label_lib.midogpp_points(args.data / label_lib.MIDOGPP_FILE))
+    log(f"train: {data.summary(train_crops)}; val: {data.summary(val_crops)}")
+    train_ds, val_ds = label_crops(train_crops, annotations), label_crops(val_crops, annotations)
+    class_share = np.bincount(train_ds.labels.ravel(), minlength=4) / train_ds.labels.size
+    log(f"labels ready ({time.time() - started:.0f} s); pixel shares {np.round(class_share, 4).tolist()}; "
+        f"extra mitoses in crops: {sum(len(m) - 1 for m in train_ds.mitoses)}")
+    val_mosaics = validation_mosaics(val_ds)
+
+    config = {"channels": list(args.channels)}
+    net = build_detector(**config)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(train_ds) // 4 / args.batch_size)
+    total_steps = args.epochs * steps_per_epoch
+    warmup = min(100, total_steps // 10 + 1)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return args.lr * (step + 1) / warmup
+        return args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+
+    weak_cfg = augment.AugmentConfig()
+    strong_cfg = augment.AugmentConfig.strong() if args.consistency > 0 else None
+    teacher = None
+    history: list[dict] = []
+    best = {"val_score": -1.0}
+    step = 0
+    for epoch in range(1, args.epochs + 1):
+        net.train()
+        t0 = time.time()
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in batches(train_ds, args.batch_size, args.window, rng, weak_cfg, strong_cfg):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            target = batch["labels"]
+            if teacher is not None:
+                target = refine_with_teacher(teacher, batch["image"], target)
+            if strong_cfg is not None:
+                logits, f_weak = net(batch["image"], return_features=True)
+                _, f_strong = net(batch["strong"], return_features=True)
+            else:
+                logits = net(batch["image"])
+            loss, terms = losses.detector_loss(logits, target, batch["points"])
+            if strong_cfg is not None:
+                consistency = losses.feature_consistency(f_weak, f_strong)
+                loss = loss + args.consistency * consistency
+                terms["consistency"] = float(consistency.detach())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            terms["loss"] = float(loss.detach())
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            step += 1
+            if step % 20 == 0:
+                log(f"epoch {epoch} step {step} loss {terms['loss']:.4f} ({(time.time() - t0) / n:.2f} s/step)")
+            if args.max_steps and step >= args.max_steps:
+                break
+        train_s = time.time() - t0
+        sweep = validate(net, val_mosaics)
+        record = {"epoch": epoch, "step": step, "lr": lr_at(step), "train_s": train_s,
+                  "val_s": time.time() - t0 - train_s, **{k: v / max(n, 1) for k, v in sums.items()},
+                  "val_score": detector_eval.partial_froc(sweep),
+                  "val_recall_at_5fp": sweep.recall_at_fp(5.0), "val_recall_at_20fp": sweep.recall_at_fp(20.0),
+                  "teacher_student_active": teacher is not None}
+        history.append(record)
+        log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+        if record["val_score"] > best["val_score"]:
+            threshold = sweep.threshold_for_fp(FP_BUDGET_PER_MM2)
+            best = {**record, "threshold": threshold, "val_at_threshold": sweep.at(threshold),
+                    "val_best_f1": sweep.at(sweep.best_f1_threshold())}
+            ckpt = {
+                "arch": "light_unet", "config": config, "state_dict": net.state_dict(), "threshold": threshold,
+                "metrics": {"validation": {k: best[k] for k in ("epoch", "val_score", "val_recall_at_5fp",
+                                                                "val_recall_at_20fp", "val_at_threshold", "val_best_f1")},
+                            "n_train_crops": len(train_ds), "n_val_crops": len(val_ds),
+                            "threshold_rule": f"lowest threshold with <= {FP_BUDGET_PER_MM2} FP/mm^2 on validation"},
+                "command": command, "data": "AMi-Br crops, published training split (validation by slide), "
+                                            "AMI-BR.csv, MIDOG++.json (../shared/data)",
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "sweep": sweep.to_dict(),
+            }
+            save_atomically(ckpt, args.checkpoint)
+            detector_eval.plot_sweep(sweep, run_dir / "val_sweep.png", f"validation, epoch {epoch}", threshold)
+            log(f"new best (score {record['val_score']:.4f}); threshold {threshold:.2f}: {best['val_at_threshold']}")
+            if args.teacher_student and epoch >= args.teacher_from_epoch:
+                teacher = copy.deepcopy(net).eval()
+                for p in teacher.parameters():
+                    p.requires_grad_(False)
+        write_json({"args": {k: str(v) for k, v in vars(args).items()}, "command": command,
+                    "history": history, "best": best}, run_dir / "metrics.json")
+        plot_curves(history, run_dir / "curves.png")
+        if args.max_steps and step >= args.max_steps:
+            break
+        if args.minutes and time.time() - started > args.minutes * 60:
+            log(f"time budget of {args.minutes} min reached after epoch {epoch}")
+            break
+    log(f"done in {(time.time() - started) / 60:.1f} min; best epoch {best.get('epoch')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
