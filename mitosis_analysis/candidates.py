@@ -33,7 +33,7 @@ def find_candidates(probability: np.ndarray, floor: float, min_area: int = 1) ->
     if n == 0:
         return []
     index = np.arange(1, n + 1)
-    areas = ndimage.sum_labels(np.ones_like(probability, dtype=np.float32), labels, index)
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     peaks = ndimage.maximum(probability, labels, index)
     centroids = ndimage.center_of_mass(probability, labels, index)
     return [

@@ -37,12 +37,18 @@ class MultiplePoints(BaseModel):
 
 
 class CropClass(BaseModel):
-    """Track 2: one entry of ``multiple-mitotic-figure-classification.json``."""
+    """Track 2: one entry of ``multiple-mitotic-figure-classification.json``.
+
+    ``confidence`` is the probability of the *predicted* class, as the MIDOG 2025 Track 2
+    evaluator reads it (P(atypical) = confidence if class is "atypical" else 1 - confidence);
+    ``atypical_probability`` states P(atypical) directly for other consumers.
+    """
 
     model_config = {"populate_by_name": True}
 
     class_: Literal["normal", "atypical"] = Field(alias="class")
-    confidence: float = Field(ge=0.0, le=1.0)  # P(atypical)
+    confidence: float = Field(ge=0.0, le=1.0)
+    atypical_probability: float = Field(ge=0.0, le=1.0)
 
 
 def points_document(
@@ -64,9 +70,16 @@ def points_document(
 
 
 def classification_document(p_atypical: Sequence[float], threshold: float) -> list[CropClass]:
-    return [
-        CropClass(class_="atypical" if p >= threshold else "normal", confidence=_unit(p)) for p in p_atypical
-    ]
+    """One entry per crop: "atypical" when P(atypical) reaches ``threshold``."""
+    entries = []
+    for p in map(_unit, p_atypical):
+        atypical = p >= threshold
+        entries.append(CropClass(
+            class_="atypical" if atypical else "normal",
+            confidence=p if atypical else 1.0 - p,
+            atypical_probability=p,
+        ))
+    return entries
 
 
 def to_jsonable(document: BaseModel | list[BaseModel]) -> object:
@@ -77,16 +90,20 @@ def to_jsonable(document: BaseModel | list[BaseModel]) -> object:
 
 def write_json_atomic(path: Path, payload: object) -> None:
     """Write JSON next to ``path`` and rename it into place: readers never see half a file."""
+    write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` next to ``path`` and rename it into place: readers never see half a file."""
     path = Path(path)
-    text = json.dumps(payload, indent=2) + "\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise InputError(f"cannot write to output folder {path.parent}: {exc.strerror}") from None
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)

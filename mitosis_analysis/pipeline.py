@@ -72,7 +72,7 @@ def classify_candidates(
     with timer.stage("classification"):
         centres = np.array([[c.x, c.y] for c in candidates], np.float64).reshape(-1, 2)
         crops = extract_crops(pixels, centres, settings.crop_size)
-        p = classify_crops(models.atypical_probability, crops, settings.batch_size * 8, settings.classifier_tta)
+        p = classify_crops(models.atypical_probability, crops, settings.classifier_batch_size, settings.classifier_tta)
     return [_with_p(c, float(pi)) for c, pi in zip(candidates, p)]
 
 
@@ -93,7 +93,7 @@ def analyse_roi(roi: RoiImage, models: Models, settings: Settings, timer: StageT
 
 def classify_stack(crops: np.ndarray, models: Models, settings: Settings) -> np.ndarray:
     """Track 2: P(atypical) per crop (N x S x S x 3 uint8)."""
-    return classify_crops(models.atypical_probability, crops, settings.batch_size * 8, settings.classifier_tta)
+    return classify_crops(models.atypical_probability, crops, settings.classifier_batch_size, settings.classifier_tta)
 
 
 def at_model_spacing(roi: RoiImage, model_spacing_mm: float, settings: Settings) -> tuple[np.ndarray, tuple[float, float]]:

@@ -70,11 +70,12 @@ class Settings(BaseModel):
     # Spacings outside this range are treated as "not given" (SimpleITK writes 1.0 by default).
     plausible_spacing_mm: tuple[float, float] = (0.00005, 0.005)
     tile_size: int = 512
-    tile_overlap: float = 0.5
-    batch_size: int = 8
+    tile_overlap: float = Field(default=0.5, ge=0.0, lt=1.0)
+    batch_size: int = Field(default=8, ge=1)
     # Two detections closer than this are the same figure (challenge matching radius).
     nms_radius_mm: float = 0.0075
     crop_size: int = 128
+    classifier_batch_size: int = 64
     # Candidates below this mitosis probability are not even reported as "non-mitotic figure".
     candidate_floor: float = 0.1
     # Connected components smaller than this (in pixels at the model spacing) are noise.
@@ -88,10 +89,9 @@ class Settings(BaseModel):
     classifier_tta: Literal[1, 2, 4, 8] = 4
     verify_weights: bool = True
 
-    tile_stride: int = Field(default=0, description="derived; 0 = from tile_overlap")
-
     def stride(self) -> int:
-        return self.tile_stride or max(1, round(self.tile_size * (1.0 - self.tile_overlap)))
+        """Largest step between tile starts for the requested overlap (512 px, 50 % -> 256)."""
+        return max(1, round(self.tile_size * (1.0 - self.tile_overlap)))
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":

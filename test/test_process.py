@@ -87,8 +87,12 @@ def test_track2_stack_classes_in_page_order(tmp_path, synthetic_weights):
     assert run(inp, tmp_path / "out", synthetic_weights) == 0
     doc = json.loads((tmp_path / "out" / "multiple-mitotic-figure-classification.json").read_text())
     assert [d["class"] for d in doc] == ["normal", "atypical", "normal", "atypical"]
-    np.testing.assert_allclose([d["confidence"] for d in doc], np.array(greens) / 255, atol=1e-4)
-    assert all(set(d) == {"class", "confidence"} for d in doc)
+    p = np.array(greens) / 255
+    np.testing.assert_allclose([d["atypical_probability"] for d in doc], p, atol=1e-4)
+    # confidence of the predicted class, as the MIDOG 2025 Track 2 evaluator reads it
+    np.testing.assert_allclose([d["confidence"] for d in doc], np.where(p >= 0.5, p, 1 - p), atol=1e-4)
+    assert all(set(d) == {"class", "confidence", "atypical_probability"} for d in doc)
+    assert all(isinstance(d["confidence"], float) for d in doc)  # the evaluator rejects ints
     [CropClass.model_validate(d) for d in doc]
 
 

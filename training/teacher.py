@@ -25,11 +25,14 @@ def optical_density(rgb: np.ndarray, background: float = 255.0) -> np.ndarray:
 
 
 def macenko_stain_vectors(
-    rgb: np.ndarray, od_threshold: float = 0.15, percentile: float = 1.0, min_pixels: int = 200
+    rgb: np.ndarray, od_threshold: float = 0.3, percentile: float = 1.0, min_pixels: int = 200
 ) -> np.ndarray:
-    """Rows (H, E) unit optical-density vectors of ``rgb`` (2 x 3); Ruifrok's where tissue is scarce."""
+    """Rows (H, E) unit optical-density vectors of ``rgb`` (2 x 3); Ruifrok's where tissue is scarce.
+
+    Tissue pixels are those whose total optical density exceeds ``od_threshold`` (rather than
+    Macenko's per-channel cut, which drops eosin-only pixels whose red OD is faint)."""
     od = optical_density(rgb).reshape(-1, 3)
-    tissue = od[np.all(od > od_threshold, axis=1)]
+    tissue = od[od.sum(axis=1) > od_threshold]
     if len(tissue) < min_pixels:
         return np.stack([RUIFROK_H, RUIFROK_E])
     _, eigvecs = np.linalg.eigh(np.cov(tissue.T))
@@ -70,8 +73,10 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     m0 = np.cumsum(hist * centres)
     mean0 = m0 / np.maximum(w0, 1)
     mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = w0 * w1 * (mean0 - mean1) ** 2
-    return float(edges[1:][np.argmax(between[:-1])]) if bins > 1 else lo
+    between = (w0 * w1 * (mean0 - mean1) ** 2)[:-1]
+    # Between two well separated modes the criterion is flat: take the middle of the plateau.
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return float(edges[1:][best].mean())
 
 
 def disk(radius: float) -> np.ndarray:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .detection import domain_order
+
 SWEEP_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 101), 2)
 
 
@@ -145,7 +147,7 @@ def evaluate_classification(
     per_domain: dict[str, ClassificationSummary] = {}
     if domains is not None:
         d = np.asarray([str(x) if x is not None else "" for x in domains], dtype=object)
-        for name in sorted(set(d) - {""}):
+        for name in sorted(set(d) - {""}, key=domain_order):
             m = d == name
             per_domain[name] = summarise(y[m], s[m], p[m])
     thresholds = np.asarray(thresholds, dtype=np.float64)
