@@ -12,12 +12,6 @@
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
 FROM ${BASE_IMAGE}
 
-# gpu: requirements.txt (onnxruntime-gpu[cuda,cudnn]); cpu: requirements-cpu.txt (onnxruntime).
-ARG VARIANT=gpu
-# Path of a CA bundle that pip should trust, mounted into the build by build.sh (for machines
-# whose HTTPS goes through a local certificate authority). Empty: pip's own bundle. The file is
-# not copied into the image.
-ARG PIP_CERT=
 ENV DEBIAN_FRONTEND=noninteractive \
     LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
@@ -32,6 +26,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv "$VIRTUAL_ENV"
 
+# Build arguments are declared where they are first used: the layers above are shared by both
+# variants.
+# gpu: requirements.txt (onnxruntime-gpu[cuda,cudnn]); cpu: requirements-cpu.txt (onnxruntime).
+ARG VARIANT=gpu
+# Path of a CA bundle that pip should trust, mounted into the build by build.sh (for machines
+# whose HTTPS goes through a local certificate authority). Empty: pip's own bundle. The file is
+# not copied into the image.
+ARG PIP_CERT=
 COPY requirements.txt requirements-cpu.txt /opt/app/
 RUN case "$VARIANT" in \
         gpu) req=/opt/app/requirements.txt ;; \

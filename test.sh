@@ -62,16 +62,27 @@ if [[ -z "$HOST_PYTHON" ]]; then
     if [[ -x "$ROOT/.venv/bin/python" ]]; then HOST_PYTHON="$ROOT/.venv/bin/python"; else HOST_PYTHON=python3; fi
 fi
 
+workdir="$(mktemp -d "${TMPDIR:-/tmp}/mitosis-test.XXXXXX")"
+cleanup() { [[ "$keep" == 1 ]] || rm -rf "$workdir" 2>/dev/null || true; }
+trap cleanup EXIT
+
 # ------------------------------------------------------------------ the image: present and current
+build_image() {
+    say "$1: building it with ./build.sh --$variant (log: $workdir/build.log)"
+    if ! "$ROOT/build.sh" "--$variant" --tag "$tag" >"$workdir/build.log" 2>&1; then
+        tail -n 30 "$workdir/build.log" >&2
+        keep=1
+        die "./build.sh --$variant failed (log above; full log kept in $workdir/build.log)"
+    fi
+    grep '^==> built' "$workdir/build.log" >&2 || true
+}
 digest="$(source_digest "$ROOT")"
 if ! image_exists "$tag"; then
     [[ "$build" == 1 ]] || die "image $tag not found (build it with ./build.sh --$variant)"
-    say "image $tag not found: building it"
-    "$ROOT/build.sh" "--$variant" --tag "$tag"
+    build_image "image $tag not found"
 elif [[ "$(image_label "$tag" "$MITOSIS_SOURCE_LABEL")" != "$digest" ]]; then
     if [[ "$build" == 1 ]]; then
-        say "image $tag was built from other sources (code, weights or requirements changed): rebuilding"
-        "$ROOT/build.sh" "--$variant" --tag "$tag"
+        build_image "image $tag was built from other sources (code, weights or requirements changed)"
     else
         say "warning: image $tag was built from other sources than the working tree (--no-build given)"
     fi
@@ -88,14 +99,14 @@ if [[ "$variant" == gpu ]] && gpu_present; then
     # shellcheck disable=SC2207
     run_flags+=($(gpu_run_flags))
     say "GPU found: passing it to the container ($(gpu_run_flags))"
+    if [[ "$ENGINE" == podman ]] && ! ls /etc/cdi/*.yaml /var/run/cdi/*.yaml >/dev/null 2>&1; then
+        say "warning: no CDI spec for the GPU; make one with: nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml"
+    fi
 else
     say "no GPU passed to the container ($([[ "$variant" == cpu ]] && echo "CPU image" || echo "nvidia-smi finds none"))"
 fi
 
-workdir="$(mktemp -d "${TMPDIR:-/tmp}/mitosis-test.XXXXXX")"
-cleanup() { [[ "$keep" == 1 ]] || rm -rf "$workdir" 2>/dev/null || true; }
-trap cleanup EXIT
-
+[[ -f "$ROOT/weights/manifest.json" ]] || die "weights/manifest.json is missing: run ./export.sh first"
 manifest_sha256="$(sha256sum "$ROOT/weights/manifest.json" | cut -d' ' -f1)"
 passed=0
 failed=0
@@ -125,7 +136,7 @@ run_case() {
     compared=0
     problems="$(python3 "$ROOT/test/compare_outputs.py" "$expected" "$out" 2>&1)" || compared=$?
     if [[ $compared -eq 0 && -z "$stale_record" ]]; then
-        echo "PASS $name (${elapsed} s)"
+        echo "PASS $name (${elapsed} s$(grep -m1 -o 'provider [A-Za-z]*ExecutionProvider' "$log" | sed 's/^/, /'))"
         passed=$((passed + 1))
     else
         if [[ $compared -ne 0 ]]; then

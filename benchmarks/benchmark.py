@@ -54,7 +54,7 @@ for _p in (REPO_ROOT, BENCH_DIR):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from mitosis_analysis.settings import Settings  # noqa: E402
+from mitosis_analysis.settings import Settings  # noqa: E402 (after the sys.path set-up)
 
 STAGES = ("read", "tiling", "inference", "stitching", "postprocessing", "classification", "write")
 DEFAULT_SIZES = ("2048x2048", "7215x5412")
@@ -168,6 +168,7 @@ def measure(spec: RunSpec) -> dict:
         })
         shape = roi.shape
         del roi, candidates, document
+    peak_rss = peak_rss_bytes()  # of the pipeline runs (model load and read-alone included, lower)
     timed = runs[warmup:]
     median_run = sorted(timed, key=lambda r: r["seconds"])[(len(timed) - 1) // 2]
 
@@ -225,13 +226,19 @@ def measure(spec: RunSpec) -> dict:
         "candidates": median_run["candidates"],
         "mitotic_figures": median_run["mitotic_figures"],
         "rss_after_load_bytes": rss_after_load,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_rss_bytes": peak_rss,
     }
 
 
 def worker_main(spec_path: str, result_path: str) -> int:
+    from mitosis_analysis.errors import InputError
+
     spec = RunSpec(**json.loads(Path(spec_path).read_text()))
-    result = measure(spec)
+    try:
+        result = measure(spec)
+    except InputError as exc:
+        print(f"benchmark: {exc}", file=sys.stderr)
+        return 2
     Path(result_path).write_text(json.dumps(result))
     return 0
 
@@ -256,7 +263,7 @@ def run_worker(spec: RunSpec, workdir: Path) -> dict:
     spec_path, result_path = workdir / f"{tag}.spec.json", workdir / f"{tag}.result.json"
     spec_path.write_text(json.dumps(asdict(spec)))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path), str(result_path)]
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     sys.stderr.write(proc.stderr)
     if proc.returncode != 0 or not result_path.is_file():
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -330,7 +337,7 @@ def machine_info() -> dict:
     }
     try:
         gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+                             check=False, capture_output=True, text=True, timeout=20)
         if gpu.returncode == 0:
             info["gpu"] = gpu.stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -368,12 +375,11 @@ def print_result(r: dict, file=sys.stdout) -> None:
         v = s["stages"][name]
         print(f"    {name:<15}{v:8.2f} s  {100 * v / s['end_to_end']:5.1f} %", file=file)
     print(f"    {'other':<15}{s['other']:8.2f} s", file=file)
-    inf = r["mpx_per_s"]["inference"]
+    inf, tiles_per_s = r["mpx_per_s"]["inference"], r["detector"]["tiles_per_s"]
     print(f"  Mpx/s           {r['mpx_per_s']['end_to_end']:8.2f} end to end, "
-          f"{inf:.2f} inference alone" if inf else "", file=file)
-    tiles_per_s = r["detector"]["tiles_per_s"]
-    print(f"  detector        {r['detector']['tiles']} tiles of {r['detector']['tile_size']} px, "
-          f"{tiles_per_s:.1f} tiles/s" if tiles_per_s else "", file=file)
+          + (f"{inf:.2f} inference alone" if inf else "no tile inferred"), file=file)
+    print(f"  detector        {r['detector']['tiles']} tiles of {r['detector']['tile_size']} px"
+          + (f", {tiles_per_s:.1f} tiles/s in the inference stage" if tiles_per_s else ""), file=file)
     c = r["classifier"]
     print(f"  classifier      {c['crops_per_s_batched']:8.1f} crops/s batched by {c['batch_size']}, "
           f"{c['crops_per_s_single']:.1f} crops/s one at a time (no TTA; the pipeline uses "
@@ -382,6 +388,21 @@ def print_result(r: dict, file=sys.stdout) -> None:
     print(f"  peak RSS        {_gib(r['peak_rss_bytes']):>10}  ({_gib(r['rss_after_load_bytes'])} after model load)", file=file)
     for line in target_lines(r):
         print(f"  target          {line}", file=file)
+
+
+def print_summary(results: list[dict], file=sys.stdout) -> None:
+    """One line per run, for sweeps."""
+    print(f"\n{'size':>11} {'batch':>5} {'prec':>4} {'provider':>9} {'end to end':>10} {'Mpx/s':>7} "
+          f"{'infer Mpx/s':>11} {'crops/s':>8} {'peak RSS':>9}", file=file)
+    for r in results:
+        size = f"{r['size']['width']}x{r['size']['height']}"
+        if "error" in r:
+            print(f"{size:>11} {r['batch_size']:>5} {r['precision']:>4} failed: {r['error']}", file=file)
+            continue
+        print(f"{size:>11} {r['batch_size']:>5} {r['precision']:>4} {r['provider'].replace('ExecutionProvider', ''):>9} "
+              f"{r['seconds']['end_to_end']:>8.2f} s {r['mpx_per_s']['end_to_end']:>7.2f} "
+              f"{r['mpx_per_s']['inference'] or 0:>11.2f} {r['classifier']['crops_per_s_batched']:>8.0f} "
+              f"{r['peak_rss_bytes'] / 1024**3:>5.2f} GiB", file=file)
 
 
 def target_lines(r: dict) -> list[str]:
@@ -439,6 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.image is not None and not args.image.is_file():
         print(f"benchmark: image not found: {args.image}", file=sys.stderr)
         return 2
+    if args.device == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            print(f"benchmark: --device cuda but this onnxruntime has no CUDA provider "
+                  f"(available: {ort.get_available_providers()}; install onnxruntime-gpu)", file=sys.stderr)
+            return 2
     report = {
         "benchmark": "roi end to end (benchmarks/benchmark.py)",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -448,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
         "results": [],
         "fp16_vs_fp32": [],
     }
+    if "error" in report["weights"]:
+        print(f"benchmark: {report['weights']['error']}", file=sys.stderr)
+        return 2
     failed = False
     with tempfile.TemporaryDirectory(prefix="roi-benchmark-") as tmp:
         workdir = Path(tmp)
@@ -478,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
                             **compare_detections(outputs["fp32"], outputs["fp16"])}
                     report["fp16_vs_fp32"].append(diff)
                     print(_describe_fp16(diff))
+    if len(report["results"]) > 1:
+        print_summary(report["results"])
     if args.json is not None:
         from mitosis_analysis.outputs import write_json_atomic
 
@@ -518,12 +551,13 @@ def _fp16_detector(args, workdir: Path) -> Path:
 
 
 def _weights_info(weights: Path | None) -> dict:
+    from mitosis_analysis.errors import InputError
     from mitosis_analysis.manifest import Manifest
 
     folder = Path(weights or Settings().weights_dir)
     try:
         m = Manifest.load(folder)
-    except Exception as exc:  # the workers will report the same problem with its context
+    except InputError as exc:
         return {"folder": str(folder), "error": str(exc)}
     return {"folder": str(folder), "trained": m.provenance.trained, "detector_sha256": m.detector.sha256,
             "classifier_sha256": m.classifier.sha256}

@@ -3,11 +3,13 @@
 Two model kinds, each built from the ``config`` dict stored in its checkpoint:
 
 ``build_detector(**config)``   -> module: image N x 3 x H x W in [0, 1] -> logits N x 4 x H x W
-``build_classifier(**config)`` -> module: image N x 3 x 128 x 128 in [0, 1] -> atypical logit (N,)
+``build_classifier(**config)`` -> module: image N x 3 x 128 x 128 in [0, 1] -> P(atypical) (N,)
+                                  (``model/classifier.py``: the sigmoid is part of its ``forward``)
 
-Both normalise (mean/std) inside the module. ``for_export(kind, module)`` wraps a module so that it
-produces what the product consumes (``mitosis_analysis/manifest.py``): softmax probabilities for
-the detector, P(atypical) for the classifier.
+Both normalise (mean/std, buffers named ``mean`` and ``std``) inside the module.
+``for_export(kind, module)`` wraps a module so that it produces exactly what the product consumes
+(``mitosis_analysis/manifest.py``): softmax probabilities for the detector, P(atypical) of shape (N,)
+for the classifier.
 """
 
 from __future__ import annotations
@@ -48,14 +50,14 @@ class DetectorForExport(nn.Module):
 
 
 class ClassifierForExport(nn.Module):
-    """Atypical logit -> P(atypical), shape (N,)."""
+    """P(atypical), shape (N,) (the classifier's forward already applies the sigmoid)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(image).reshape(image.shape[0]))
+        return self.net(image).reshape(image.shape[0])
 
 
 def for_export(kind: str, net: nn.Module) -> nn.Module:

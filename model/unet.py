@@ -14,7 +14,8 @@ nuclei-sized objects. Every conv is followed by BatchNorm and ReLU (fused by ONN
 
 Input: float32 N x 3 x H x W RGB in [0, 1]; H and W multiples of 16 (the product uses multiples
 of 32). Mean/std normalisation happens inside the module, so the exported graph carries it.
-``forward`` returns logits (N x 4 x H x W); ``model.export.DetectorForExport`` adds the softmax.
+``forward`` returns logits (N x 4 x H x W), divided by the calibration ``temperature`` buffer (1 until
+calibrated on validation); ``model.for_export`` adds the softmax.
 Pass ``return_features=True`` to also get the bottleneck features (for consistency losses).
 """
 
@@ -84,6 +85,9 @@ class LightUNet(nn.Module):
         self.decoder = nn.ModuleList(DecoderStage(c[i], c[i - 1]) for i in range(len(c) - 1, 0, -1))
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Conv2d(c[0], num_classes, 1)
+        # Calibration (temperature scaling, Guo et al. 2017): logits are divided by this. 1 while
+        # training; set on validation before saving (training/train_detector.py).
+        self.register_buffer("temperature", torch.ones(()))
 
     @property
     def stride(self) -> int:
@@ -99,7 +103,7 @@ class LightUNet(nn.Module):
         y = bottleneck
         for stage in self.decoder:
             y = stage(y, skips.pop())
-        logits = self.head(self.dropout(y))
+        logits = self.head(self.dropout(y)) / self.temperature
         logits = F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
         if return_features:
             return logits, bottleneck

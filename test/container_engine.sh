@@ -1,4 +1,6 @@
-# Shared by build.sh and test.sh (sourced, not run): pick the container engine and the image.
+# shellcheck shell=bash disable=SC2034
+# Shared by build.sh and test.sh (sourced, not run; they use the variables below): pick the
+# container engine and the image.
 #
 # The engine is docker when a docker *engine* answers (`docker info`), else podman. Podman is
 # called as `podman --runtime runc` where runc is installed (crun fails on some cgroup-v1 hosts);
@@ -29,7 +31,9 @@ select_engine() {
         fi
     fi
     case "$wanted" in
-        docker) ENGINE=docker; ENGINE_CMD=(docker) ;;
+        docker)
+            docker info >/dev/null 2>&1 || die "MITOSIS_ENGINE=docker but no docker engine answers ('docker info' fails)"
+            ENGINE=docker; ENGINE_CMD=(docker) ;;
         podman)
             command -v podman >/dev/null 2>&1 || die "MITOSIS_ENGINE=podman but podman is not installed"
             ENGINE=podman; ENGINE_CMD=(podman)
@@ -65,7 +69,7 @@ source_digest() {
         cd "$root" || exit 1
         {
             printf '%s\n' Dockerfile requirements.txt requirements-cpu.txt process.py
-            find mitosis_analysis -type f -name '*.py'
+            find mitosis_analysis -type f ! -path '*/__pycache__/*' ! -name '*.pyc'
             find weights -maxdepth 1 -type f \( -name '*.onnx' -o -name manifest.json \)
         } | LC_ALL=C sort | while IFS= read -r f; do
             [[ -f "$f" ]] && sha256sum "$f"

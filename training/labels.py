@@ -149,13 +149,18 @@ class CropLabels:
     hard_negatives: np.ndarray  # (m, 2)
 
 
-def crop_labels(rgb: np.ndarray, crop, annotations: dict[tuple[str, str], SlideAnnotations]) -> CropLabels:
-    """Labels of one AMi-Br crop (``training.data.Crop``) from its pixels and the slide's annotations."""
-    size = rgb.shape[0]
+def crop_points(crop, annotations: dict[tuple[str, str], SlideAnnotations], size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(mitoses, hard negatives) inside one AMi-Br crop (``training.data.Crop``), crop pixels x, y;
+    the crop's own figure first, double annotations of one figure merged."""
     ann = annotations.get(crop.slide_key, SlideAnnotations())
     own = np.array([[size // 2, size // 2]], dtype=float)
     others = points_in_crop(ann.mitoses, (crop.x, crop.y), size)
     mitoses = dedupe(np.concatenate([own, others]), radius_px=MATCH_RADIUS_UM / SPACING_UM / 2)
-    hard = points_in_crop(ann.hard_negatives, (crop.x, crop.y), size)
+    return mitoses, points_in_crop(ann.hard_negatives, (crop.x, crop.y), size)
+
+
+def crop_labels(rgb: np.ndarray, crop, annotations: dict[tuple[str, str], SlideAnnotations]) -> CropLabels:
+    """Labels of one AMi-Br crop (``training.data.Crop``) from its pixels and the slide's annotations."""
+    mitoses, hard = crop_points(crop, annotations, rgb.shape[0])
     labels, points = label_map(nucleus_mask(rgb), mitoses, hard)
     return CropLabels(labels, points, mitoses, hard)

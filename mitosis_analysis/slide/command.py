@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import InputError
 from ..settings import Settings
 from .run import SlideOptions, analyse_slide
 
@@ -12,7 +13,8 @@ from .run import SlideOptions, analyse_slide
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SlideOptions()
     parser.add_argument("slide", type=Path, help="slide file: svs, ndpi, mrxs, scn, ... (openslide) or TIFF")
-    parser.add_argument("--output", type=Path, required=True, help="output folder (created; holds the journal while running)")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="output folder (created); also holds the run journal, journal.jsonl")
     parser.add_argument("--reader", choices=["auto", "openslide", "tifffile"], default=defaults.reader,
                         help="slide reader (default auto: tifffile for TIFF without a vendor format, else openslide)")
     parser.add_argument("--restart", action="store_true", help="ignore an earlier run's journal in the output folder")
@@ -33,8 +35,6 @@ def run(args: argparse.Namespace) -> int:
         restart=args.restart, progress=not args.no_progress,
     )
     if options.region_size < settings.tile_size or options.hotspot_area_mm2 <= 0:
-        from ..errors import InputError
-
         raise InputError(f"--region-size must be at least the tile size ({settings.tile_size}) and --hotspot-area positive")
     analyse_slide(args.slide, args.output, settings, options)
     return 0

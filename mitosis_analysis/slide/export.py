@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -45,6 +46,7 @@ QUPATH_CLASSES = {  # name, RGB colour
 }
 TISSUE_COLOUR = (0, 160, 0)
 HOTSPOT_COLOUR = (0, 90, 255)
+MIN_OVERVIEW_SIDE = 512
 
 
 @dataclass(frozen=True)
@@ -157,18 +159,19 @@ def points_csv(figures: Sequence[Figure]) -> str:
     return out.getvalue()
 
 
-def qupath_geojson(figures: Sequence[Figure]) -> dict:
+def qupath_geojson(figures: Sequence[Figure], slide: str = "") -> dict:
     """Mitotic figures as QuPath point annotations (editable by the pathologist, counted per
-    class in QuPath's annotation measurements)."""
+    class in QuPath's annotation measurements). Feature ids are UUIDs, as QuPath reads them,
+    derived from the slide name and the position so that a re-run gives the same ids."""
     features = []
-    for i, f in enumerate(fig for fig in figures if fig.is_mitosis):
+    for f in (fig for fig in figures if fig.is_mitosis):
         name, colour = QUPATH_CLASSES[f.label]
         measurements = {"Mitosis probability": round(f.probability, 6)}
         if f.atypical_probability is not None:
             measurements["Atypical probability"] = round(f.atypical_probability, 6)
         features.append({
             "type": "Feature",
-            "id": f"mitosis-{i}",
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"mitosis-analysis:{slide}:{f.x_px:.3f}:{f.y_px:.3f}")),
             "geometry": {"type": "Point", "coordinates": [round(f.x_px + 0.5, 3), round(f.y_px + 0.5, 3)]},
             "properties": {
                 "objectType": "annotation",
@@ -197,14 +200,17 @@ def overview_png(thumbnail: np.ndarray, tissue: np.ndarray, figures_xy: np.ndarr
     outline = mask & ~ndimage.binary_erosion(mask, border_value=0)
     picture = thumbnail.copy()
     picture[ndimage.binary_dilation(outline)] = TISSUE_COLOUR
+    zoom = max(1, -(-MIN_OVERVIEW_SIDE // max(h, w)))  # small slides are enlarged (nearest) to be legible
     image = Image.fromarray(picture)
+    if zoom > 1:
+        image = image.resize((w * zoom, h * zoom), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(image)
-    r = max(2, round(max(h, w) / 400))
+    r = max(4, round(max(h, w) * zoom / 400))
     for (x, y), label in zip(np.asarray(figures_xy).reshape(-1, 2), labels):
-        colour = QUPATH_CLASSES[label][1]
-        draw.ellipse((x - r, y - r, x + r, y + r), outline=colour, width=max(1, r // 2))
+        x, y = (x + 0.5) * zoom - 0.5, (y + 0.5) * zoom - 0.5
+        draw.ellipse((x - r, y - r, x + r, y + r), outline=QUPATH_CLASSES[label][1], width=max(1, r // 2))
     if hotspot_box is not None:
-        draw.rectangle(hotspot_box, outline=HOTSPOT_COLOUR, width=max(2, r // 2))
+        draw.rectangle(tuple(v * zoom for v in hotspot_box), outline=HOTSPOT_COLOUR, width=max(2, r // 2))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

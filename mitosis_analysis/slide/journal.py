@@ -98,7 +98,8 @@ class Journal:
                 records[entry["index"]] = RegionRecord(
                     index=entry["index"],
                     tiles=entry["tiles"],
-                    candidates=[Candidate(x=c[0], y=c[1], score=c[2], area=c[3], p_atypical=c[4]) for c in entry["candidates"]],
+                    candidates=[Candidate(x=c[0], y=c[1], score=c[2], area=c[3], p_atypical=c[4])
+                                for c in entry["candidates"]],
                     error=entry.get("error"),
                 )
             good += len(line)

@@ -59,7 +59,10 @@ class Progress:
         self._last = now
         end = "" if self.tty else "\n"
         prefix = "\r" if self.tty else ""
-        print(f"{prefix}{self.line()}", end=end, file=self.stream, flush=True)
+        line = self.line()
+        if self.tty:
+            line = line.ljust(len(line) + 4)  # overwrite what a longer previous line left
+        print(f"{prefix}{line}", end=end, file=self.stream, flush=True)
 
     def finish(self) -> None:
         self.total = self.done if self.total < self.done else self.total

@@ -143,14 +143,22 @@ class TiffSource(SlideSource):
         self.path = Path(path)
         try:
             self._tif = tifffile.TiffFile(self.path)
-            series = self._tif.series[0] if self._tif.series else None
-            pages = [lv.keyframe for lv in series.levels] if series is not None else []
         except Exception as exc:  # tifffile raises many types for damaged files
             raise InputError(f"{self.path.name}: cannot read TIFF ({_reason(exc)})") from None
-        if not pages:
-            raise InputError(f"{self.path.name}: TIFF has no image")
-        for page in pages:
-            self._check_page(page)
+        try:
+            series = self._tif.series[0] if self._tif.series else None
+            pages = [lv.keyframe for lv in series.levels] if series is not None else []
+        except Exception as exc:
+            self._tif.close()
+            raise InputError(f"{self.path.name}: cannot read TIFF ({_reason(exc)})") from None
+        try:
+            if not pages:
+                raise InputError(f"{self.path.name}: TIFF has no image")
+            for page in pages:
+                self._check_page(page)
+        except InputError:
+            self._tif.close()
+            raise
         self._pages = pages
         spacing0, self.spacing_assumed = checked_spacing(_tiff_spacing_mm(pages[0]), settings, self.path.name)
         w0, h0 = pages[0].imagewidth, pages[0].imagelength

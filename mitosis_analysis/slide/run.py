@@ -160,14 +160,16 @@ def analyse_slide(
             if journal.resumed:
                 log(f"resuming: {len(journal.records)} of {len(tissue_regions)} tissue regions already done")
             records = _infer_regions(view, tissue_regions, estimates, mask, journal, models, settings, options)
-        summary = _finish(path, source, view, thumb, mask, regions, tissue_regions, records, models, settings,
-                          options, output_dir, resumed=journal.resumed, seconds=time.perf_counter() - start)
-    return summary
+            # outputs are written while the journal is still locked: no other run interleaves
+            return _finish(path, source, view, thumb, mask, regions, tissue_regions, records, models, settings,
+                           options, output_dir, resumed=journal.resumed, seconds=time.perf_counter() - start)
 
 
 def _run_header(path, source, view: SlideView, mask: TissueMask, models: Models, settings: Settings,
                 options: SlideOptions) -> dict:
-    """What identifies a run: a journal is only resumed by a run with the same header."""
+    """What identifies a run: a journal is only resumed by a run with the same header. The reader
+    and the hotspot area are left out: neither changes what a region yields, so a finished run can
+    be re-exported with another hotspot area without inferring again."""
     pipeline_settings = {
         k: getattr(settings, k)
         for k in ("tile_size", "tile_overlap", "nms_radius_mm", "crop_size", "candidate_floor",
@@ -175,7 +177,8 @@ def _run_header(path, source, view: SlideView, mask: TissueMask, models: Models,
                   "default_spacing_mm")
     }
     pipeline_settings["stride"] = settings.stride()
-    slide_options = {k: v for k, v in asdict(options).items() if k not in ("restart", "progress", "reader")}
+    ignored = ("restart", "progress", "reader", "hotspot_area_mm2")
+    slide_options = {k: v for k, v in asdict(options).items() if k not in ignored}
     return {
         "version": __version__,
         "slide": {"name": path.name, "fingerprint": slide_fingerprint(path), "backend": source.backend,
@@ -302,12 +305,12 @@ def _finish(path: Path, source, view: SlideView, thumb, mask: TissueMask, region
     ty = (np.array([f.y_px for f in mitoses]) + 0.5) * lv0.spacing_mm[1] / thumb.spacing_mm[1] - 0.5
     box = None
     if hotspot is not None:
-        box = (hotspot.x_mm / thumb.spacing_mm[0], hotspot.y_mm / thumb.spacing_mm[1],
-               (hotspot.x_mm + hotspot.side_mm) / thumb.spacing_mm[0], (hotspot.y_mm + hotspot.side_mm) / thumb.spacing_mm[1])
+        (tsx, tsy), (x0, y0), side = thumb.spacing_mm, (hotspot.x_mm, hotspot.y_mm), hotspot.side_mm
+        box = (x0 / tsx, y0 / tsy, (x0 + side) / tsx, (y0 + side) / tsy)
     png = overview_png(thumb.pixels, mask.tissue, np.stack([tx, ty], axis=1) if mitoses else np.zeros((0, 2)),
                        [f.label for f in mitoses], box)
     write_outputs(output_dir, points_payload(figures, path.name, lv0.spacing_mm), points_csv(figures),
-                  qupath_geojson(figures), png, summary)
+                  qupath_geojson(figures, path.name), png, summary)
     density = "n/a" if summary.mitotic_count_per_mm2 is None else f"{summary.mitotic_count_per_mm2:.3g}/mm^2"
     where = "" if hotspot is None else f" at ({hotspot.centre_mm[0]:.2f}, {hotspot.centre_mm[1]:.2f}) mm"
     log(f"{path.name}: {len(mitoses)} mitotic figures ({n_atypical} atypical) in {analysed_area:.2f} mm^2 of tissue "

@@ -1,0 +1,111 @@
+"""export.sh's Python side (training/export.py) and the model registry (model/)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import model
+from mitosis_analysis.manifest import Manifest, sha256_file
+from model.unet import LightUNet, macs_per_pixel
+from training import export
+
+
+def test_detector_shapes_and_cost():
+    net = model.build("detector").eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, 64, 96))
+    assert out.shape == (2, 4, 64, 96)
+    # the CPU budget of the product: about 5-6k multiply-adds per input pixel
+    assert 4000 < macs_per_pixel(net, 128) < 6000
+
+
+def test_registry_rejects_unknown_kinds_and_archs():
+    with pytest.raises(ValueError):
+        model.build("segmenter")
+    with pytest.raises(ValueError):
+        model.build("detector", arch="resnet")
+
+
+def test_export_wrappers_give_probabilities():
+    det = model.for_export("detector", model.build("detector"))
+    cls = model.for_export("classifier", model.build("classifier"))
+    with torch.no_grad():
+        p = det(torch.rand(1, 3, 64, 64))
+        q = cls(torch.rand(3, 3, 128, 128))
+    torch.testing.assert_close(p.sum(1), torch.ones(1, 64, 64))
+    assert q.shape == (3,) and bool(((q >= 0) & (q <= 1)).all())
+
+
+@pytest.fixture()
+def small_detector_checkpoint(tmp_path):
+    torch.manual_seed(1)
+    net = LightUNet(channels=(8, 16))
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    torch.save({"arch": "light_unet", "config": {"channels": [8, 16]}, "state_dict": net.state_dict(),
+                "threshold": 0.37, "metrics": {"validation": {"recall": 0.5}}, "command": "train it",
+                "data": "test data"}, ckpt_dir / "detector.pt")
+    return ckpt_dir
+
+
+def test_export_random_init_writes_a_valid_manifest(tmp_path):
+    weights = tmp_path / "weights"
+    assert export.main(["--checkpoints", str(tmp_path / "none"), "--weights", str(weights)]) == 0
+    manifest = Manifest.load(weights)
+    assert manifest.provenance.trained is False
+    assert manifest.spacing_mm == 0.00025
+    for entry in (manifest.detector, manifest.classifier):
+        assert sha256_file(weights / entry.file) == entry.sha256
+        assert (weights / entry.file).stat().st_size < export.MAX_ONNX_BYTES
+    assert manifest.provenance.metrics["detector"]["onnx_vs_pytorch_max_abs_diff"] <= 1e-4
+
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(weights / "detector.onnx"), providers=["CPUExecutionProvider"])
+    (p,) = session.run(None, {"image": np.random.rand(3, 3, 96, 160).astype(np.float32)})
+    assert p.shape == (3, 4, 96, 160)  # dynamic batch and spatial axes
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    session = ort.InferenceSession(str(weights / "classifier.onnx"), providers=["CPUExecutionProvider"])
+    (q,) = session.run(None, {"image": np.random.rand(7, 3, 128, 128).astype(np.float32)})
+    assert q.shape == (7,)
+
+
+def test_export_records_the_checkpoint(tmp_path, small_detector_checkpoint):
+    weights = tmp_path / "weights"
+    assert export.main(["--checkpoints", str(small_detector_checkpoint), "--weights", str(weights)]) == 0
+    manifest = json.loads((weights / "manifest.json").read_text())
+    assert manifest["thresholds"]["detection"] == 0.37
+    det = manifest["provenance"]["metrics"]["detector"]
+    assert det["trained"] is True and det["config"] == {"channels": [8, 16]}
+    assert det["metrics"] == {"validation": {"recall": 0.5}}
+    assert manifest["provenance"]["trained"] is False  # the classifier is still untrained
+    assert "train it" in manifest["provenance"]["command"]
+    # the exported graph is the checkpoint's network (not a fresh one)
+    net = LightUNet(channels=(8, 16)).eval()
+    net.load_state_dict(torch.load(small_detector_checkpoint / "detector.pt")["state_dict"])
+    x = np.random.rand(1, 3, 64, 64).astype(np.float32)
+    import onnxruntime as ort
+
+    (p,) = ort.InferenceSession(str(weights / "detector.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    with torch.no_grad():
+        expected = torch.softmax(net(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(p, expected, atol=1e-5)
+
+
+def test_export_fails_above_the_tolerance_and_leaves_no_manifest(tmp_path):
+    weights = tmp_path / "weights"
+    with pytest.raises(export.ExportError, match="differs from PyTorch"):
+        export.main(["--checkpoints", str(tmp_path / "none"), "--weights", str(weights), "--tolerance", "-1"])
+    assert not (weights / "manifest.json").exists() and not (weights / "detector.onnx").exists()
+
+
+def test_bad_checkpoint_is_refused(tmp_path):
+    ckpt = tmp_path / "checkpoints"
+    ckpt.mkdir()
+    torch.save({"state_dict": {}}, ckpt / "detector.pt")
+    with pytest.raises(export.ExportError, match="lacks keys"):
+        export.main(["--checkpoints", str(ckpt), "--weights", str(tmp_path / "w")])

@@ -1,0 +1,133 @@
+"""Evaluate a detector checkpoint on a mosaic of AMi-Br crops, through the product's pipeline.
+
+    python -m training.evaluate_detector --split test [--checkpoint training/checkpoints/detector.pt]
+                                         [--out training/runs/detector-eval] [--engine pipeline|local]
+
+The crops of the split are tiled side by side (row-major, ``--cols`` per row, white elsewhere) into
+one image; the ground truth is every annotated mitosis inside each crop (``training/labels.py``).
+The checkpoint is exported to ONNX (``training/export.py``) in ``<out>/weights`` and run by the
+product's own Track 1 detection (``mitosis_analysis.pipeline.detect_candidates``: 512 px tiles, 50 %
+overlap, blending, components, centroids, NMS at 7.5 um) with ``--engine pipeline`` (default); or
+with ``--engine local``, by PyTorch and ``training/detector_eval.py``'s re-implementation of the
+same steps. Output: ``<out>/<split>_metrics.json`` (sweep and the figures at the checkpoint's
+threshold, chosen on validation) and ``<out>/<split>_sweep.png``.
+
+Caveat: the crops are centred on mitoses and hold mostly ordinary nuclei and stroma; real ROIs
+hold far more look-alikes, so FP/mm^2 here is optimistic for real ROIs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from training import data, detector_eval as ev, labels as label_lib  # noqa: E402
+
+
+def split_crops(data_dir: Path, split: str, val_fraction: float = 0.15, seed: int = 0):
+    amibr = data_dir / "ami-br"
+    table = data.load_table(amibr)
+    train, test = data.published_split(amibr, table)
+    if split == "test":
+        return table, test
+    train, val = data.split_by_slide(train, val_fraction, seed=seed)
+    return table, {"val": val, "train": train}[split]
+
+
+def detect_with_pipeline(image: np.ndarray, weights_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    from mitosis_analysis.inference import load_models
+    from mitosis_analysis.pipeline import detect_candidates
+    from mitosis_analysis.settings import Settings
+
+    settings = Settings(weights_dir=weights_dir, device="cpu")
+    candidates = detect_candidates(image, load_models(settings), settings)
+    points = np.array([[c.x, c.y] for c in candidates], dtype=float).reshape(-1, 2)
+    return points, np.array([c.score for c in candidates], dtype=float)
+
+
+def detect_locally(image: np.ndarray, checkpoint: dict) -> tuple[np.ndarray, np.ndarray]:
+    from model import build_detector
+
+    net = build_detector(**checkpoint["config"])
+    net.load_state_dict(checkpoint["state_dict"])
+    net.eval()
+
+    def probabilities(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(net(torch.from_numpy(x)), dim=1).numpy()
+
+    return ev.postprocess_candidates(ev.predict_tiled(image, probabilities))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data")
+    p.add_argument("--checkpoint", type=Path, default=REPO_ROOT / "training" / "checkpoints" / "detector.pt")
+    p.add_argument("--split", choices=("test", "val"), default="test")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "training" / "runs" / "detector-eval")
+    p.add_argument("--engine", choices=("pipeline", "local"), default="pipeline")
+    p.add_argument("--cols", type=int, default=None, help="crops per mosaic row (default: square)")
+    p.add_argument("--threads", type=int, default=None, help="PyTorch threads (--engine local)")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    table, crops = split_crops(args.data, args.split)
+    annotations = label_lib.slide_annotations(table, label_lib.midogpp_points(args.data / label_lib.MIDOGPP_FILE))
+    points = [label_lib.crop_points(c, annotations)[0] for c in crops]
+    mosaic = ev.build_mosaic(data.load_crops(crops), points, cols=args.cols)
+    print(f"{args.split}: {data.summary(crops)}; mosaic {mosaic.image.shape[1]}x{mosaic.image.shape[0]} px, "
+          f"{len(mosaic.gt_points)} annotated mitoses, crop area {mosaic.crop_area_mm2:.4f} mm^2", file=sys.stderr)
+
+    t0 = time.time()
+    if args.engine == "pipeline":
+        from training import export
+
+        weights = args.out / "weights"
+        ckpt_dir = args.checkpoint.parent
+        export.main(["--checkpoints", str(ckpt_dir), "--weights", str(weights),
+                     "--command", "training/evaluate_detector.py (evaluation copy)"])
+        t0 = time.time()
+        det_points, scores = detect_with_pipeline(mosaic.image, weights)
+    else:
+        det_points, scores = detect_locally(mosaic.image, checkpoint)
+    seconds = time.time() - t0
+
+    sweep = ev.sweep(det_points, scores, mosaic.gt_points, mosaic.crop_area_mm2)
+    threshold = float(checkpoint["threshold"])
+    at = sweep.at(threshold)
+    result = {
+        "split": args.split, "engine": args.engine, "checkpoint": str(args.checkpoint),
+        "command": "python -m training.evaluate_detector " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "n_crops": mosaic.n_crops, "n_annotated_mitoses": int(len(mosaic.gt_points)),
+        "crop_area_mm2": mosaic.crop_area_mm2, "mosaic_px": list(mosaic.image.shape[:2]),
+        "detection_seconds": seconds, "n_candidates": int(len(scores)),
+        "threshold_from_validation": threshold, "at_threshold": at,
+        "best_f1": sweep.at(sweep.best_f1_threshold()),
+        "recall_at_fp_per_mm2": {str(r): sweep.recall_at_fp(r) for r in (1, 2.5, 5, 10, 20, 50)},
+        "caveat": "crops centred on mitoses: negatives easier than in real ROIs; FP/mm^2 is optimistic",
+        "sweep": sweep.to_dict(),
+    }
+    (args.out / f"{args.split}_metrics.json").write_text(json.dumps(result, indent=2))
+    ev.plot_sweep(sweep, args.out / f"{args.split}_sweep.png",
+                  f"AMi-Br {args.split} mosaic ({mosaic.n_crops} crops, {len(mosaic.gt_points)} mitoses), "
+                  f"engine {args.engine}", threshold)
+    print(json.dumps({k: result[k] for k in ("at_threshold", "best_f1", "recall_at_fp_per_mm2", "detection_seconds")},
+                     indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
