@@ -113,3 +113,8 @@ def test_few_step_training_writes_a_usable_checkpoint(tmp_path):
     for name in ("metrics.json", "history.json", "curves.png", "threshold_sweep.png"):
         assert (out / name).stat().st_size > 0
     assert not list(tmp_path.rglob("*.tmp*"))  # atomic writes leave no temp files
+
+    # a warm restart starts from those weights and says so
+    again = tc.train(tc.TrainConfig(epochs=1, batch_size=8, limit=48, init=str(ckpt_path)), DATA, out,
+                     tmp_path / "restart.pt", log=lambda m: None)
+    assert again["config"] == saved["config"] and "warm restart" in again["initialisation"]

@@ -318,6 +318,8 @@ def _engine_unavailable() -> str | None:
 def test_container_reproduces_the_host_outputs_on_every_sample_case():
     """./build.sh --cpu && ./test.sh --cpu, as the platform runs the image (CPU variant)."""
     reason = _engine_unavailable()
+    if reason and os.environ.get("MITOSIS_REQUIRE_CONTAINER"):
+        pytest.fail(f"MITOSIS_REQUIRE_CONTAINER is set but {reason}")
     if reason:
         pytest.skip(reason)
     env = dict(os.environ, PYTHON=sys.executable)

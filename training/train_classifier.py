@@ -12,6 +12,9 @@ is validated and saved. The epoch with the best validation AUROC is kept; its op
 maximises balanced accuracy on validation, for the number of flip views the product averages
 (``Settings.classifier_tta``), and for 1, 2, 4 and 8 views as well (``thresholds_by_views``).
 
+``--init CHECKPOINT`` starts from a previous run's selected weights instead (a warm restart: new
+warm-up and cosine cycle, same normalisation); the checkpoint's ``initialisation`` says so.
+
 Writes ``<checkpoint>`` (default ``training/checkpoints/classifier.pt``, the dict ``export.sh``
 reads: arch, config, state_dict, threshold, metrics, ...), and in ``--out``: ``metrics.json``,
 ``history.json``, ``curves.png`` and ``threshold_sweep.png``. Everything is written atomically.
@@ -69,6 +72,9 @@ class TrainConfig:
     limit: int | None = None
     # Stop after the epoch that would overrun this many minutes (None: no limit).
     max_minutes: float | None = None
+    # Start from this checkpoint's weights (a warm restart: a new warm-up + cosine cycle) instead
+    # of random initialisation; its normalisation and architecture config are kept.
+    init: str | None = None
 
 
 # --- pure pieces --------------------------------------------------------------------------------
@@ -150,9 +156,19 @@ def train(
     y_fit, y_val = amibr.labels(fit), amibr.labels(val)
     h_fit = amibr.hardness(fit)
 
-    mean, std = channel_stats(x_fit)
-    model_config = {"width": cfg.width, "dropout": cfg.dropout, "mean": list(mean), "std": list(std)}
+    initialisation = "random (from scratch; no pretrained weights)"
+    if cfg.init:
+        start = torch.load(cfg.init, map_location="cpu", weights_only=False)
+        model_config = dict(start["config"])
+        initialisation = (f"warm restart from {cfg.init} (epoch {start['metrics']['selected_epoch']} of: "
+                          f"{start.get('command', '?')}), itself {start.get('initialisation', '?')}")
+    else:
+        mean, std = channel_stats(x_fit)
+        model_config = {"width": cfg.width, "dropout": cfg.dropout, "mean": list(mean), "std": list(std)}
     net = build_classifier(arch=ARCH, **model_config).to(memory_format=torch.channels_last)
+    if cfg.init:
+        net.load_state_dict(start["state_dict"])
+    log(f"initialisation: {initialisation}")
     ema = torch.optim.swa_utils.AveragedModel(
         net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
     )
@@ -249,7 +265,7 @@ def train(
         "history": history,
         "command": command,
         "data": f"AMi-Br ({data_dir}): published training split, slide-held-out validation; test split for the report only",
-        "initialisation": "random (from scratch; no pretrained weights)",
+        "initialisation": initialisation,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO_ROOT / "training/runs/classifier")
     ap.add_argument("--checkpoint", type=Path, default=REPO_ROOT / "training/checkpoints/classifier.pt")
     for f in dataclasses.fields(TrainConfig):
-        kind = {"int | None": int, "float | None": float}.get(str(f.type), eval(str(f.type)))  # noqa: S307
+        kind = {"int | None": int, "float | None": float, "str | None": str}.get(str(f.type), eval(str(f.type)))  # noqa: S307
         ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=getattr(defaults, f.name))
     args = ap.parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
