@@ -90,7 +90,7 @@ def to_jsonable(document: BaseModel | list[BaseModel]) -> object:
 
 def write_json_atomic(path: Path, payload: object) -> None:
     """Write JSON next to ``path`` and rename it into place: readers never see half a file."""
-    write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

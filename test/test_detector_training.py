@@ -184,3 +184,15 @@ def test_temperature_scales_the_logits_and_survives_a_state_dict_round_trip():
     copy.load_state_dict(net.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(copy(x), sharp)
+
+
+def test_threshold_rules():
+    s = ev.Sweep(thresholds=np.array([0.2, 0.5, 0.8]), recall=np.array([0.95, 0.9, 0.5]),
+                 fp_per_mm2=np.array([100.0, 4.0, 0.0]), precision=np.array([0.9, 0.99, 1.0]), n_gt=100, area_mm2=1.0)
+    assert ev.choose_threshold(s, "fp-budget", 5.0) == 0.5
+    # on an ROI (10 mitoses / mm^2) 100 FP / mm^2 ruins F1 even at 0.95 recall
+    f = ev.roi_f1(s, 10.0)
+    assert f[1] > f[2] > f[0]
+    assert ev.choose_threshold(s, "roi-f1") == 0.5
+    with pytest.raises(ValueError):
+        ev.choose_threshold(s, "magic")

@@ -222,9 +222,13 @@ def f1(precision: float, recall: float) -> float:
     return float(2 * precision * recall / (precision + recall)) if precision + recall > 0 else 0.0
 
 
+# 0.10 ... 0.89 by 0.01, then 0.9 ... 0.9999 log-spaced (sharp models put their best candidates there)
+DEFAULT_THRESHOLDS = np.unique(np.round(np.concatenate([np.arange(0.1, 0.9, 0.01), 1 - np.logspace(-1, -4, 31)]), 6))
+
+
 def sweep(points: np.ndarray, scores: np.ndarray, gt: np.ndarray, area_mm2: float,
           thresholds: np.ndarray | None = None, radius_px: float = MATCH_RADIUS_MM / SPACING_MM) -> Sweep:
-    thresholds = np.round(np.arange(0.1, 1.0, 0.01), 4) if thresholds is None else np.asarray(thresholds)
+    thresholds = DEFAULT_THRESHOLDS if thresholds is None else np.asarray(thresholds)
     hit = greedy_match(points, scores, gt, radius_px)
     tp = np.array([(hit & (scores >= t)).sum() for t in thresholds], dtype=float)
     n_det = np.array([(scores >= t).sum() for t in thresholds], dtype=float)
@@ -263,6 +267,7 @@ def plot_sweep(s: Sweep, path, title: str, chosen: float | None = None) -> None:
     ax2.set_yscale("log")
     ax2.set_ylabel("false detections per mm² of crop area")
     axes[0].set_xlabel("mitosis score threshold")
+    axes[0].set_xscale("logit")
     axes[0].legend(loc="lower left")
     axes[1].plot(s.fp_per_mm2, s.recall, marker=".")
     axes[1].set_xscale("symlog", linthresh=1)

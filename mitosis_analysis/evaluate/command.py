@@ -26,7 +26,8 @@ from .classification import ClassificationReport, evaluate_classification
 from .detection import MATCH_RADIUS_MM, DetectionCase, DetectionReport, evaluate_detection
 from .groundtruth import load_classification_truth, load_detection_truth, load_spacings
 from .predictions import TRACK1_FILE, TRACK2_FILE, collect, parse_classifications, parse_mitotic_figures
-from .report import format_tables, metrics_document, write_json, write_sweep_plot
+from ..outputs import write_json_atomic
+from .report import format_tables, metrics_document, write_sweep_plot
 
 METRICS_FILE = "metrics.json"
 SWEEP_FILE = "threshold-sweep.png"
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         write_sweep_plot(args.output / SWEEP_FILE, detection, classification)
-        write_json(args.output / METRICS_FILE, metrics_document(detection, classification, inputs))
+        write_json_atomic(args.output / METRICS_FILE, metrics_document(detection, classification, inputs))
     except OSError as exc:
         raise InputError(f"cannot write to {args.output}: {exc.strerror or exc}") from None
     print(format_tables(detection, classification))

@@ -6,12 +6,10 @@ failed run never leaves a half-written metrics file behind.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from collections.abc import Callable
+import io
 from pathlib import Path
 
+from ..outputs import write_bytes_atomic
 from .classification import ClassificationReport, ClassificationSummary
 from .detection import DetectionReport, DetectionSummary
 
@@ -77,26 +75,6 @@ def metrics_document(
     }
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, document: dict) -> None:
-    text = json.dumps(document, indent=2, allow_nan=False) + "\n"
-    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
 def _nan(values: list[float | None]) -> list[float]:
     return [float("nan") if v is None else v for v in values]
 
@@ -138,7 +116,9 @@ def write_sweep_plot(path: Path, detection: DetectionReport | None, classificati
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left", fontsize=9)
     fig.tight_layout()
+    png = io.BytesIO()
     try:
-        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+        fig.savefig(png, format="png", dpi=120)
     finally:
         plt.close(fig)
+    write_bytes_atomic(path, png.getvalue())
