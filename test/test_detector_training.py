@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from model.unet import LightUNet
-from training import augment, detector_eval as ev, losses
+from training import augment, losses
+from training import detector_eval as ev
 from training import labels as L
 from training import train_detector as td
 
@@ -159,7 +160,7 @@ def test_training_smoke_run_writes_an_exportable_checkpoint(tmp_path):
     run = tmp_path / "run"
     args = ["--data", str(DATA), "--limit-crops", "16", "--max-steps", "2", "--batch-size", "2",
             "--window", "128", "--channels", "8", "16", "--checkpoint", str(ckpt), "--run-dir", str(run),
-            "--threads", "1"]
+            "--threads", "1", "--consistency", "0.1"]
     assert td.main(args) == 0
     saved = torch.load(ckpt, weights_only=False)
     assert {"arch", "config", "state_dict", "threshold", "metrics"} <= set(saved)

@@ -198,7 +198,7 @@ class Sweep:
 ROI_MITOSIS_DENSITY_PER_MM2 = 10.1
 
 
-def roi_f1(s: "Sweep", density_per_mm2: float = ROI_MITOSIS_DENSITY_PER_MM2) -> np.ndarray:
+def roi_f1(s: Sweep, density_per_mm2: float = ROI_MITOSIS_DENSITY_PER_MM2) -> np.ndarray:
     """F1 per threshold expected on an ROI with ``density_per_mm2`` mitoses, from the measured
     recall and false detections per mm^2 (F1 on a crop mosaic would reward far too many false
     detections: its mitoses are ~100x denser than an ROI's). Optimistic in so far as FP/mm^2
@@ -208,7 +208,7 @@ def roi_f1(s: "Sweep", density_per_mm2: float = ROI_MITOSIS_DENSITY_PER_MM2) -> 
     return 2 * tp / np.maximum(2 * tp + s.fp_per_mm2 + fn, 1e-12)
 
 
-def choose_threshold(s: "Sweep", rule: str = "roi-f1", fp_budget_per_mm2: float = 5.0) -> float:
+def choose_threshold(s: Sweep, rule: str = "roi-f1", fp_budget_per_mm2: float = 5.0) -> float:
     """The operating threshold by ``rule``: "roi-f1" (max of ``roi_f1``) or "fp-budget" (the lowest
     threshold within ``fp_budget_per_mm2``)."""
     if rule == "roi-f1":
@@ -278,7 +278,7 @@ def plot_sweep(s: Sweep, path, title: str, chosen: float | None = None) -> None:
     if chosen is not None:
         m = s.at(chosen)
         axes[0].axvline(chosen, color="k", lw=0.8)
-        axes[1].plot([m["fp_per_mm2"]], [m["recall"]], "k*", ms=12, label=f"threshold {chosen:.2f}")
+        axes[1].plot([m["fp_per_mm2"]], [m["recall"]], "k*", ms=12, label=f"threshold {chosen:.6g}")
         axes[1].legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -31,7 +31,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from training import data, detector_eval as ev, labels as label_lib  # noqa: E402
+from training import data
+from training import detector_eval as ev
+from training import labels as label_lib
 
 
 def split_crops(data_dir: Path, split: str, val_fraction: float = 0.15, seed: int = 0):
@@ -114,6 +116,11 @@ def main(argv=None) -> int:
     if args.choose_threshold:
         chosen = candidates[args.choose_threshold]
         checkpoint["threshold"] = chosen
+        step = f"python -m training.evaluate_detector --split val --choose-threshold {args.choose_threshold}"
+        if step not in checkpoint.get("command", ""):
+            checkpoint["command"] = f"{checkpoint.get('command', '')} && {step}".lstrip(" &")
+        checkpoint.setdefault("metrics", {})["threshold_rule"] = (
+            f"{args.choose_threshold} on the validation mosaic through the product pipeline")
         checkpoint.setdefault("metrics", {})["threshold_selection"] = {
             "rule": args.choose_threshold, "threshold": chosen, "engine": args.engine,
             "split": "val (slide-held-out part of the training split)", "at_threshold": sweep.at(chosen),
@@ -123,16 +130,16 @@ def main(argv=None) -> int:
         tmp = args.checkpoint.with_name(args.checkpoint.name + ".tmp")
         torch.save(checkpoint, tmp)
         tmp.replace(args.checkpoint)
-        print(f"threshold {chosen:.2f} ({args.choose_threshold} on validation) stored in {args.checkpoint}",
+        print(f"threshold {chosen:.6f} ({args.choose_threshold} on validation) stored in {args.checkpoint}",
               file=sys.stderr)
     threshold = float(checkpoint["threshold"])
     at = sweep.at(threshold)
     result = {
         "split": args.split, "engine": args.engine, "checkpoint": str(args.checkpoint),
         "command": "python -m training.evaluate_detector " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "n_crops": mosaic.n_crops, "n_annotated_mitoses": int(len(mosaic.gt_points)),
+        "n_crops": mosaic.n_crops, "n_annotated_mitoses": len(mosaic.gt_points),
         "crop_area_mm2": mosaic.crop_area_mm2, "mosaic_px": list(mosaic.image.shape[:2]),
-        "detection_seconds": seconds, "n_candidates": int(len(scores)),
+        "detection_seconds": seconds, "n_candidates": len(scores),
         "threshold_from_validation": threshold, "at_threshold": at,
         "best_f1_on_crops": sweep.at(sweep.best_f1_threshold()),
         "thresholds_by_rule_on_this_split": {r: sweep.at(t) for r, t in candidates.items()},

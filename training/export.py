@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import shlex
 import subprocess
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +34,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # run as a script as well as with -m
     sys.path.insert(0, str(REPO_ROOT))
 
-import model as models  # noqa: E402
-from mitosis_analysis.manifest import Manifest, sha256_file  # noqa: E402
-from mitosis_analysis.settings import (  # noqa: E402
+import model as models
+from mitosis_analysis.manifest import Manifest, sha256_file
+from mitosis_analysis.outputs import write_bytes_atomic
+from mitosis_analysis.settings import (
     CLASSIFIER_FILE,
     DETECTOR_FILE,
     MANIFEST_FILE,
@@ -107,9 +105,10 @@ def export_onnx(kind: str, net: nn.Module, path: Path, opset: int) -> None:
     import onnx
 
     onnx.checker.check_model(str(tmp))
-    if tmp.stat().st_size > MAX_ONNX_BYTES:
+    size = tmp.stat().st_size
+    if size > MAX_ONNX_BYTES:
         tmp.unlink()
-        raise ExportError(f"{path.name} is {tmp.stat().st_size / 2**20:.1f} MiB > 30 MiB")
+        raise ExportError(f"{path.name} is {size / 2**20:.1f} MiB > 30 MiB")
     os.replace(tmp, path)
 
 
@@ -141,12 +140,15 @@ def normalisation(net: nn.Module) -> dict:
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10)
+                             text=True, timeout=10, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    if out.returncode != 0:
+    if out.returncode != 0 or not out.stdout.strip():
         return None
-    return out.stdout.strip() or None
+    # "-dirty" when the code that defines or trains the models differs from that commit
+    status = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--", "model", "training",
+                             "export.sh"], capture_output=True, text=True, timeout=10, check=False)
+    return out.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
 
 
 def model_entry(e: Exported, opset: int) -> dict:
@@ -193,18 +195,10 @@ def provenance(exported: dict[str, Exported], command: str) -> dict:
         "command": " && ".join(commands),
         "data": data or "none (random initialisation)",
         "git_commit": git_commit(),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "notes": notes,
         "metrics": per_model,
     }
-
-
-def write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,9 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         "thresholds": {"detection": exported["detector"].threshold, "atypical": exported["classifier"].threshold},
         "provenance": provenance(exported, args.command),
     })
-    write_atomically(args.weights / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
+    write_bytes_atomic(args.weights / MANIFEST_FILE, (manifest.model_dump_json(indent=2) + "\n").encode())
     Manifest.load(args.weights)  # round trip through the product's reader
-    for kind, e in exported.items():
+    for kind in exported:
         manifest.verified_path(args.weights, getattr(manifest, kind))
     print(f"wrote {args.weights / MANIFEST_FILE} (trained: detector={exported['detector'].trained}, "
           f"classifier={exported['classifier'].trained})", file=sys.stderr)

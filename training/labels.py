@@ -136,7 +136,7 @@ def label_map(
     for cls, group in ((HARD_NEGATIVE, hard), (MITOSIS, mitoses)):
         for xy in group:
             labels[figure_region(blobs, xy, spacing_um)] = cls
-            row, col = int(round(xy[1])), int(round(xy[0]))
+            row, col = round(float(xy[1])), round(float(xy[0]))
             points[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2] = cls
     return labels, points
 

@@ -42,8 +42,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from model import build_detector  # noqa: E402
-from training import augment, data, detector_eval, labels as label_lib, losses  # noqa: E402
+from model import build_detector
+from training import augment, data, detector_eval, losses
+from training import labels as label_lib
 
 AMIBR_DIR = "ami-br"
 FP_BUDGET_PER_MM2 = 5.0
@@ -243,14 +244,14 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
-    run_dir = args.run_dir or REPO_ROOT / "training" / "runs" / f"detector-{dt.datetime.utcnow():%Y%m%d-%H%M%S}"
+    run_dir = args.run_dir or REPO_ROOT / "training" / "runs" / f"detector-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    log_file = open(run_dir / "log.txt", "a")
 
     def log(msg: str) -> None:
-        line = f"[{dt.datetime.utcnow():%H:%M:%S}] {msg}"
+        line = f"[{dt.datetime.now(dt.UTC):%H:%M:%S}] {msg}"
         print(line, file=sys.stderr, flush=True)
-        print(line, file=log_file, flush=True)
+        with open(run_dir / "log.txt", "a") as log_file:
+            print(line, file=log_file)
 
     amibr = args.data / AMIBR_DIR
     table = data.load_table(amibr)
@@ -344,7 +345,7 @@ def main(argv=None) -> int:
                             "threshold_rule": f"lowest threshold with <= {FP_BUDGET_PER_MM2} FP/mm^2 on validation"},
                 "command": command, "data": "AMi-Br crops, published training split (validation by slide), "
                                             "AMI-BR.csv, MIDOG++.json (../shared/data)",
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "sweep": sweep.to_dict(),
             }
             save_atomically(ckpt, args.checkpoint)
