@@ -124,7 +124,7 @@ def test_postprocessing_and_sweep():
     p[52:56, 70:75] = 0.5  # a weaker duplicate 20 px away: suppressed
     p[150:160, 250:260] = 0.3  # a false detection
     p[100:102, 100:102] = 0.95  # too small (4 px)
-    pts, scores = ev.postprocess_candidates(p, floor=0.1, min_area=12, nms_radius_px=30)
+    pts, scores = ev.candidates_from_map(p)  # the product's floor 0.1, 12 px, 7.5 um = 30 px
     np.testing.assert_allclose(pts, [[54.5, 54.5], [254.5, 154.5]])
     s = ev.sweep(pts, scores, np.array([[55.0, 55.0], [10.0, 190.0]]), area_mm2=0.5)
     at_low, at_high = s.at(0.2), s.at(0.5)
@@ -142,16 +142,18 @@ def test_mosaic_offsets_ground_truth():
     assert m.image[y, x].mean() < 120  # the dark disk is where the point says
 
 
-def test_tiled_prediction_matches_whole_image_prediction():
+def test_torch_detector_runs_through_the_product_pipeline():
+    """A PyTorch net evaluated via TorchDetector gives what its own forward pass gives."""
+    from mitosis_analysis.pipeline import mitosis_probability_map
+    from mitosis_analysis.settings import Settings
+
     net = LightUNet(channels=(8, 16)).eval()
-    image = np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)
-
-    def probabilities(x):
-        with torch.no_grad():
-            return torch.softmax(net(torch.from_numpy(x)), 1).numpy()
-
-    tiled = ev.predict_tiled(image, probabilities, tile=128, overlap=0.5)
-    assert tiled.shape == (200, 300) and np.all((tiled >= 0) & (tiled <= 1))
+    image = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    settings = Settings(tile_size=128, min_tissue_fraction=0.0)
+    tiled = mitosis_probability_map(image, ev.TorchDetector(net), settings)
+    with torch.no_grad():
+        whole = torch.softmax(net(torch.from_numpy(image.transpose(2, 0, 1)[None] / 255.0).float()), 1)[0, 2].numpy()
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)  # one tile: no blending involved
 
 
 @needs_data

@@ -11,25 +11,28 @@ Caveat that every figure from here must carry: the crops are centred on mitoses 
 ordinary nuclei and stroma, so their negatives are far easier than a real ROI's (apoptotic bodies,
 lymphocytes, pyknotic nuclei), and FP/mm^2 here underestimates the FP rate on real ROIs.
 
-Post-processing: ``postprocess_candidates`` is this module's re-implementation of the product's
-steps; ``evaluate_mosaic`` takes any ``detect(image) -> (points_xy, scores)`` so that the product's
-own function (``mitosis_analysis.pipeline``) can be plugged in instead.
+Post-processing is the product's own (``candidates_from_map``; ``TorchDetector`` runs a PyTorch
+checkpoint through ``mitosis_analysis.pipeline`` unchanged), so in-training validation and the
+final evaluation measure what the container does.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from types import SimpleNamespace
+
 import numpy as np
-from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
+
+from mitosis_analysis.candidates import find_candidates, suppress_duplicates
+from mitosis_analysis.inference import to_model_input
+from mitosis_analysis.settings import MITOSIS_CHANNEL, Settings
 
 SPACING_MM = 0.00025
 MATCH_RADIUS_MM = 0.0075
-MITOSIS_CHANNEL = 2
-ProbabilityFn = Callable[[np.ndarray], np.ndarray]  # N x 3 x H x W float32 [0,1] -> N x 4 x H x W
 
 
 # --- mosaics ------------------------------------------------------------------------------------
@@ -66,73 +69,36 @@ def build_mosaic(images: np.ndarray, points: Sequence[np.ndarray], cols: int | N
     return Mosaic(mosaic, np.concatenate(gts) if gts else np.zeros((0, 2)), n, s)
 
 
-# --- inference ----------------------------------------------------------------------------------
+# --- the product's post-processing ---------------------------------------------------------------
 
 
-def blend_window(tile: int) -> np.ndarray:
-    """Separable triangular weights, never zero (so borders of the image are still covered)."""
-    ramp = 1.0 - np.abs(np.linspace(-1.0, 1.0, tile)) + 1e-3
-    return np.outer(ramp, ramp).astype(np.float32)
+def candidates_from_map(p_mitosis: np.ndarray, settings: Settings | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The product's own steps (``mitosis_analysis.candidates``) on one mitosis probability map:
+    components of ``p >= candidate_floor`` -> centroid and peak score -> suppression within 7.5 um.
+    Returns (xy, score), sorted by descending score."""
+    settings = settings or Settings()
+    found = find_candidates(p_mitosis, settings.candidate_floor, settings.min_candidate_area_px)
+    kept = suppress_duplicates(found, settings.nms_radius_mm / SPACING_MM)
+    return (np.array([[c.x, c.y] for c in kept], dtype=float).reshape(-1, 2),
+            np.array([c.score for c in kept], dtype=float))
 
 
-def predict_tiled(image: np.ndarray, probabilities: ProbabilityFn, tile: int = 512, overlap: float = 0.5,
-                  batch: int = 4, channel: int = MITOSIS_CHANNEL) -> np.ndarray:
-    """One channel of the model's output over a whole H x W x 3 uint8 image, from ``tile`` px tiles
-    with ``overlap``, blended with ``blend_window``; the image is padded with white to fit."""
-    stride = max(1, round(tile * (1 - overlap)))
-    h, w = image.shape[:2]
-    ph = max(tile, math.ceil((h - tile) / stride) * stride + tile)
-    pw = max(tile, math.ceil((w - tile) / stride) * stride + tile)
-    padded = np.full((ph, pw, 3), 255, dtype=np.uint8)
-    padded[:h, :w] = image
-    acc = np.zeros((ph, pw), dtype=np.float32)
-    weight = np.zeros((ph, pw), dtype=np.float32)
-    window = blend_window(tile)
-    corners = [(y, x) for y in range(0, ph - tile + 1, stride) for x in range(0, pw - tile + 1, stride)]
-    for i in range(0, len(corners), batch):
-        group = corners[i : i + batch]
-        x = np.stack([padded[y : y + tile, x0 : x0 + tile] for y, x0 in group])
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-        out = probabilities(x)[:, channel]
-        for (y, x0), p in zip(group, out):
-            acc[y : y + tile, x0 : x0 + tile] += p * window
-            weight[y : y + tile, x0 : x0 + tile] += window
-    return (acc / weight)[:h, :w]
+class TorchDetector:
+    """A PyTorch detector with the interface ``mitosis_analysis.pipeline`` expects of its models
+    (``mitosis_probability`` on uint8 tiles, ``manifest.spacing_mm``), so that a checkpoint is
+    evaluated through exactly the product's tiling, stitching and post-processing."""
 
+    def __init__(self, net, spacing_mm: float = SPACING_MM):
+        import torch
 
-# --- post-processing (the product's steps) ------------------------------------------------------
+        self._torch = torch
+        self.net = net.eval()
+        self.manifest = SimpleNamespace(spacing_mm=spacing_mm)
 
-
-def postprocess_candidates(p_mitosis: np.ndarray, floor: float = 0.1, min_area: int = 12,
-                           nms_radius_px: float = MATCH_RADIUS_MM / SPACING_MM) -> tuple[np.ndarray, np.ndarray]:
-    """Connected components of ``p_mitosis >= floor`` (at least ``min_area`` px) -> probability-
-    weighted centroid and max probability each -> NMS within ``nms_radius_px``. Returns (xy, score)."""
-    components, n = ndi.label(p_mitosis >= floor)
-    if n == 0:
-        return np.zeros((0, 2)), np.zeros(0)
-    index = np.arange(1, n + 1)
-    area = ndi.sum_labels(np.ones_like(p_mitosis), components, index)
-    score = ndi.maximum(p_mitosis, components, index)
-    cy, cx = np.array(ndi.center_of_mass(p_mitosis, components, index)).reshape(-1, 2).T
-    keep = area >= min_area
-    return nms(np.stack([cx[keep], cy[keep]], axis=1), score[keep], nms_radius_px)
-
-
-def nms(points: np.ndarray, scores: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Of points closer than ``radius`` keep the best scoring; output sorted by descending score."""
-    order = np.argsort(-scores, kind="stable")
-    points, scores = points[order], scores[order]
-    if len(points) == 0:
-        return points.reshape(0, 2), scores
-    tree = cKDTree(points)
-    suppressed = np.zeros(len(points), dtype=bool)
-    for i in range(len(points)):
-        if suppressed[i]:
-            continue
-        for j in tree.query_ball_point(points[i], radius):
-            if j > i:
-                suppressed[j] = True
-    return points[~suppressed], scores[~suppressed]
+    def mitosis_probability(self, tiles: np.ndarray) -> np.ndarray:
+        x = self._torch.from_numpy(to_model_input(tiles))
+        with self._torch.no_grad():
+            return self._torch.softmax(self.net(x), dim=1)[:, MITOSIS_CHANNEL].numpy()
 
 
 # --- matching and sweep -------------------------------------------------------------------------

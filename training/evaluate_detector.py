@@ -8,8 +8,7 @@ one image; the ground truth is every annotated mitosis inside each crop (``train
 The checkpoint is exported to ONNX (``training/export.py``) in ``<out>/weights`` and run by the
 product's own Track 1 detection (``mitosis_analysis.pipeline.detect_candidates``: 512 px tiles, 50 %
 overlap, blending, components, centroids, NMS at 7.5 um) with ``--engine pipeline`` (default); or
-with ``--engine local``, by PyTorch and ``training/detector_eval.py``'s re-implementation of the
-same steps. Output: ``<out>/<split>_metrics.json`` (sweep and the figures at the checkpoint's
+with ``--engine local``, the PyTorch checkpoint through the same pipeline (no export). Output: ``<out>/<split>_metrics.json`` (sweep and the figures at the checkpoint's
 threshold, chosen on validation) and ``<out>/<split>_sweep.png``.
 
 Caveat: the crops are centred on mitoses and hold mostly ordinary nuclei and stroma; real ROIs
@@ -58,17 +57,16 @@ def detect_with_pipeline(image: np.ndarray, weights_dir: Path) -> tuple[np.ndarr
 
 
 def detect_locally(image: np.ndarray, checkpoint: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The PyTorch checkpoint through the product's pipeline (no export needed)."""
+    from mitosis_analysis.pipeline import detect_candidates
+    from mitosis_analysis.settings import Settings
     from model import build_detector
 
     net = build_detector(**checkpoint["config"])
     net.load_state_dict(checkpoint["state_dict"])
-    net.eval()
-
-    def probabilities(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return torch.softmax(net(torch.from_numpy(x)), dim=1).numpy()
-
-    return ev.postprocess_candidates(ev.predict_tiled(image, probabilities))
+    candidates = detect_candidates(image, ev.TorchDetector(net), Settings())
+    points = np.array([[c.x, c.y] for c in candidates], dtype=float).reshape(-1, 2)
+    return points, np.array([c.score for c in candidates], dtype=float)
 
 
 def main(argv=None) -> int:

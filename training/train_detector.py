@@ -161,7 +161,7 @@ def validate(net: torch.nn.Module, mosaics: list[detector_eval.Mosaic],
         parts = []
         for m, lg in zip(mosaics, logits):
             p = torch.softmax(lg / t, dim=1)[0, label_lib.MITOSIS].numpy()
-            pts, scores = detector_eval.postprocess_candidates(p)
+            pts, scores = detector_eval.candidates_from_map(p)
             parts.append((pts, scores, m.gt_points))
         points, scores, gt = detector_eval.merge_detections(parts)
         sweep = detector_eval.sweep(points, scores, gt, sum(m.crop_area_mm2 for m in mosaics))
