@@ -27,20 +27,30 @@ class Candidate:
 
 
 def find_candidates(probability: np.ndarray, floor: float, min_area: int = 1) -> list[Candidate]:
-    """Components of ``probability >= floor`` with at least ``min_area`` pixels."""
-    mask = probability >= floor
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return []
-    index = np.arange(1, n + 1)
-    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    peaks = ndimage.maximum(probability, labels, index)
-    centroids = ndimage.center_of_mass(probability, labels, index)
-    return [
-        Candidate(x=float(cx), y=float(cy), score=float(peak), area=int(area))
-        for (cy, cx), peak, area in zip(centroids, peaks, areas)
-        if area >= min_area
-    ]
+    """Components of ``probability >= floor`` with at least ``min_area`` pixels.
+
+    Each component is measured inside its own bounding box, so time and memory follow the
+    components' size rather than the map's (a 7215 x 5412 map: two int32/bool maps, nothing more).
+    """
+    labels, n = ndimage.label(probability >= floor)
+    candidates = []
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        inside = labels[box] == index
+        area = int(np.count_nonzero(inside))
+        if area < min_area:
+            continue
+        p = np.where(inside, probability[box], 0.0).astype(np.float64)
+        total = p.sum()
+        rows, cols = p.sum(axis=1), p.sum(axis=0)
+        candidates.append(Candidate(
+            x=float(box[1].start + (cols * np.arange(len(cols))).sum() / total),
+            y=float(box[0].start + (rows * np.arange(len(rows))).sum() / total),
+            score=float(p.max()),
+            area=area,
+        ))
+    return candidates
 
 
 def suppress_duplicates(candidates: list[Candidate], radius: float) -> list[Candidate]:

@@ -19,6 +19,7 @@ from mitosis_analysis.manifest import sha256_file
 
 DARK = 0.3  # mean RGB (0..1) under which a pixel is "mitosis"
 SHARPNESS = 40.0
+IR_VERSION = 8  # opset 17; readable by every onnxruntime the product supports
 
 
 def _const(name: str, value: float):
@@ -44,7 +45,7 @@ def detector_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4, "H", "W"])],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
 
 
 def classifier_model() -> onnx.ModelProto:
@@ -58,7 +59,7 @@ def classifier_model() -> onnx.ModelProto:
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 128, 128])],
         [helper.make_tensor_value_info("p_atypical", TensorProto.FLOAT, ["N"])],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
 
 
 def write_weights(folder: Path, detection: float = 0.5, atypical: float = 0.5) -> Path:
