@@ -67,13 +67,23 @@ def classify_candidates(
     pixels: np.ndarray, candidates: list[Candidate], models: Models, settings: Settings,
     timer: StageTimer | None = None,
 ) -> list[Candidate]:
-    """Candidates with ``p_atypical`` from a crop centred on each (``pixels`` at model spacing)."""
+    """Candidates with ``p_atypical`` from a crop centred on each (``pixels`` at model spacing).
+
+    Only the candidates that reach the detection threshold (the "mitotic figures") are classified,
+    unless ``settings.classify_all_candidates``: the others stay ``p_atypical=None``. Atypia is a
+    property of mitoses, and a synthetic or noisy ROI can hold thousands of low-score candidates.
+    """
     timer = timer or StageTimer()
+    threshold = 0.0 if settings.classify_all_candidates else models.manifest.thresholds.detection
+    chosen = [i for i, c in enumerate(candidates) if c.score >= threshold]
     with timer.stage("classification"):
-        centres = np.array([[c.x, c.y] for c in candidates], np.float64).reshape(-1, 2)
+        centres = np.array([[candidates[i].x, candidates[i].y] for i in chosen], np.float64).reshape(-1, 2)
         crops = extract_crops(pixels, centres, settings.crop_size)
         p = classify_crops(models.atypical_probability, crops, settings.classifier_batch_size, settings.classifier_tta)
-    return [_with_p(c, float(pi)) for c, pi in zip(candidates, p)]
+    result = list(candidates)
+    for i, pi in zip(chosen, p):
+        result[i] = replace(result[i], p_atypical=float(pi))
+    return result
 
 
 def analyse_roi(roi: RoiImage, models: Models, settings: Settings, timer: StageTimer | None = None) -> list[Candidate]:
@@ -114,7 +124,3 @@ def at_model_spacing(roi: RoiImage, model_spacing_mm: float, settings: Settings)
 def _rescaled(c: Candidate, scale: tuple[float, float]) -> Candidate:
     # pixel centres: model px i covers ROI px [i*s, (i+1)*s) whose centre is (i + 0.5) * s - 0.5
     return replace(c, x=(c.x + 0.5) * scale[0] - 0.5, y=(c.y + 0.5) * scale[1] - 0.5)
-
-
-def _with_p(c: Candidate, p: float) -> Candidate:
-    return replace(c, p_atypical=p)

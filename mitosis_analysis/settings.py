@@ -76,6 +76,8 @@ class Settings(BaseModel):
     nms_radius_mm: float = 0.0075
     crop_size: int = 128
     classifier_batch_size: int = 64
+    # Classify every candidate, not only those that reach the detection threshold.
+    classify_all_candidates: bool = False
     # Candidates below this mitosis probability are not even reported as "non-mitotic figure".
     candidate_floor: float = 0.1
     # Connected components smaller than this (in pixels at the model spacing) are noise.

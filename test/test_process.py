@@ -70,6 +70,7 @@ def test_candidates_under_threshold_are_non_mitotic_points(tmp_path):
     assert run(inp, tmp_path / "out", weights) == 0
     (point,) = json.loads((tmp_path / "out" / "mitotic-figures.json").read_text())["points"]
     assert point["name"] == "non-mitotic figure" and 0.5 < point["probability"] < 0.999
+    assert "atypical_probability" not in point  # only mitotic figures are classified
 
 
 def test_spacing_from_image_used_for_mm(tmp_path, synthetic_weights, capsys):
