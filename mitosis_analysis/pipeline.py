@@ -78,8 +78,7 @@ def classify_candidates(
     chosen = [i for i, c in enumerate(candidates) if c.score >= threshold]
     with timer.stage("classification"):
         centres = np.array([[candidates[i].x, candidates[i].y] for i in chosen], np.float64).reshape(-1, 2)
-        crops = extract_crops(pixels, centres, settings.crop_size)
-        p = classify_crops(models.atypical_probability, crops, settings.classifier_batch_size, settings.classifier_tta)
+        p = classify_stack(extract_crops(pixels, centres, settings.crop_size), models, settings)
     result = list(candidates)
     for i, pi in zip(chosen, p):
         result[i] = replace(result[i], p_atypical=float(pi))
@@ -102,7 +101,8 @@ def analyse_roi(roi: RoiImage, models: Models, settings: Settings, timer: StageT
 
 
 def classify_stack(crops: np.ndarray, models: Models, settings: Settings) -> np.ndarray:
-    """Track 2: P(atypical) per crop (N x S x S x 3 uint8)."""
+    """P(atypical) per crop (N x S x S x 3 uint8), batched and with the flip TTA of ``settings``:
+    Track 2's stacks and Track 1's crops around candidates alike."""
     return classify_crops(models.atypical_probability, crops, settings.classifier_batch_size, settings.classifier_tta)
 
 

@@ -99,7 +99,7 @@ def checked_spacing(
     return (default, default), True
 
 
-def _tiff_spacing_mm(page) -> tuple[float, float] | None:
+def tiff_spacing_mm(page) -> tuple[float, float] | None:
     tags = page.tags
     unit_tag = tags.get("ResolutionUnit")
     unit = int(unit_tag.value) if unit_tag is not None else 2
@@ -152,11 +152,11 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
                 raise InputError(f"{path.name}: image has no pixels (shape {page.shape})")
             _check_complete(page, path)
             pixels = page.asarray()
-            spacing = _tiff_spacing_mm(page)
+            spacing = tiff_spacing_mm(page)
     except InputError:
         raise
     except Exception as exc:  # tifffile raises many types for damaged files
-        raise InputError(f"{path.name}: cannot read TIFF ({_reason(exc)})") from None
+        raise InputError(f"{path.name}: cannot read TIFF ({first_line(exc)})") from None
     return pixels, spacing
 
 
@@ -173,7 +173,7 @@ def _read_mha(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(f"{path.name}: cannot read MHA ({_reason(exc)})") from None
+        raise InputError(f"{path.name}: cannot read MHA ({first_line(exc)})") from None
     pixels = sitk.GetArrayFromImage(image)
     if image.GetDimension() == 3 and pixels.shape[0] == 1:
         pixels = pixels[0]
@@ -191,7 +191,7 @@ def _read_openslide(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]
             props = slide.properties
             mpp = (props.get(openslide.PROPERTY_NAME_MPP_X), props.get(openslide.PROPERTY_NAME_MPP_Y))
     except openslide.OpenSlideError as exc:
-        raise InputError(f"{path.name}: cannot read slide ({_reason(exc)})") from None
+        raise InputError(f"{path.name}: cannot read slide ({first_line(exc)})") from None
     spacing = (float(mpp[0]) / 1000, float(mpp[1]) / 1000) if all(mpp) else None
     return region, spacing
 
@@ -239,7 +239,7 @@ def _read_tiff_pages(path: Path) -> list[np.ndarray]:
     except InputError:
         raise
     except Exception as exc:
-        raise InputError(f"{path.name}: cannot read TIFF ({_reason(exc)})") from None
+        raise InputError(f"{path.name}: cannot read TIFF ({first_line(exc)})") from None
     return pages
 
 
@@ -269,6 +269,7 @@ def resize_bilinear(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _reason(exc: Exception) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when empty), for one-line errors."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

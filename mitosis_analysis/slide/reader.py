@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..log import warn
-from ..readers import _tiff_spacing_mm, checked_spacing
+from ..readers import checked_spacing, first_line, tiff_spacing_mm
 from ..settings import Settings
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
@@ -102,7 +102,7 @@ class OpenSlideSource(SlideSource):
         try:
             return self._openslide.OpenSlide(str(self.path))
         except (self._openslide.OpenSlideError, self._openslide.OpenSlideUnsupportedFormatError) as exc:
-            raise InputError(f"{self.path.name}: cannot open slide ({_reason(exc)})") from None
+            raise InputError(f"{self.path.name}: cannot open slide ({first_line(exc)})") from None
 
     def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         self._check_box(level, x, y, width, height)
@@ -115,7 +115,7 @@ class OpenSlideSource(SlideSource):
             # openslide's errors are sticky: the handle refuses every later call, so reopen it
             self._slide.close()
             self._slide = self._open()
-            raise SlideReadError(_reason(exc)) from None
+            raise SlideReadError(first_line(exc)) from None
         return _composite_on_white(rgba)
 
     def close(self) -> None:
@@ -144,13 +144,13 @@ class TiffSource(SlideSource):
         try:
             self._tif = tifffile.TiffFile(self.path)
         except Exception as exc:  # tifffile raises many types for damaged files
-            raise InputError(f"{self.path.name}: cannot read TIFF ({_reason(exc)})") from None
+            raise InputError(f"{self.path.name}: cannot read TIFF ({first_line(exc)})") from None
         try:
             series = self._tif.series[0] if self._tif.series else None
             pages = [lv.keyframe for lv in series.levels] if series is not None else []
         except Exception as exc:
             self._tif.close()
-            raise InputError(f"{self.path.name}: cannot read TIFF ({_reason(exc)})") from None
+            raise InputError(f"{self.path.name}: cannot read TIFF ({first_line(exc)})") from None
         try:
             if not pages:
                 raise InputError(f"{self.path.name}: TIFF has no image")
@@ -160,7 +160,7 @@ class TiffSource(SlideSource):
             self._tif.close()
             raise
         self._pages = pages
-        spacing0, self.spacing_assumed = checked_spacing(_tiff_spacing_mm(pages[0]), settings, self.path.name)
+        spacing0, self.spacing_assumed = checked_spacing(tiff_spacing_mm(pages[0]), settings, self.path.name)
         w0, h0 = pages[0].imagewidth, pages[0].imagelength
         self.levels = [
             Level(p.imagewidth, p.imagelength, (spacing0[0] * w0 / p.imagewidth, spacing0[1] * h0 / p.imagelength))
@@ -204,7 +204,7 @@ class TiffSource(SlideSource):
         except SlideReadError:
             raise
         except Exception as exc:  # decoders raise assorted types on damaged data
-            raise SlideReadError(_reason(exc)) from None
+            raise SlideReadError(first_line(exc)) from None
         if spp == 1:
             return np.repeat(out, 3, axis=-1)
         return np.ascontiguousarray(out[..., :3])
@@ -379,8 +379,3 @@ def _block_mean(pixels: np.ndarray, k: int) -> np.ndarray:
         pixels = np.pad(pixels, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
     blocks = pixels.reshape(ph // k, k, pw // k, k, 3).astype(np.float32)
     return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
