@@ -36,8 +36,6 @@ no_cache=()
 save=""
 install_podman=0
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
-
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --gpu) variant=gpu ;;

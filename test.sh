@@ -33,8 +33,6 @@ shared=1
 keep=0
 only=()
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
-
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --gpu) variant=gpu ;;

@@ -16,6 +16,8 @@ MITOSIS_SOURCE_LABEL="org.mitosis-analysis.source-sha256"
 
 die() { echo "$(basename "$0"): error: $*" >&2; exit 2; }
 say() { echo "==> $*" >&2; }
+# --help of the sourcing script: its header comment, from line 2 to `set -euo pipefail`.
+usage() { sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'; }
 
 # Sets ENGINE (docker|podman) and the array ENGINE_CMD (the command with its global flags).
 select_engine() {
