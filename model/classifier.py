@@ -84,10 +84,13 @@ class AtypicalClassifier(nn.Module):
                 pooled.append(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1))
         return torch.cat(pooled, dim=1)
 
-    def logits(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(atypical logit, hardness logit), each of shape (N,), of one view."""
-        f = self.dropout(self.features(image))
-        return self.atypical_head(f).squeeze(1), self.hardness_head(f).squeeze(1)
+    def logits(self, image: torch.Tensor, return_features: bool = False):
+        """(atypical logit, hardness logit), each of shape (N,), of one view; with
+        ``return_features`` also the pooled features N x F (for domain-adversarial training)."""
+        features = self.features(image)
+        f = self.dropout(features)
+        out = (self.atypical_head(f).squeeze(1), self.hardness_head(f).squeeze(1))
+        return (*out, features) if return_features else out
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """p_atypical = sigmoid(atypical logit), shape (N,)."""

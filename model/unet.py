@@ -61,6 +61,11 @@ class DecoderStage(nn.Module):
         return self.refine(up + skip)
 
 
+def stride_for(channels: Sequence[int]) -> int:
+    """Total downsampling of a :class:`LightUNet` with these ``channels`` (one level per entry)."""
+    return 2 ** len(channels)
+
+
 class LightUNet(nn.Module):
     """See the module docstring. ``channels`` are the widths at 1/2, 1/4, 1/8, 1/16 resolution."""
 
@@ -92,7 +97,7 @@ class LightUNet(nn.Module):
     @property
     def stride(self) -> int:
         """Input sizes must be multiples of this."""
-        return 2 ** len(self.channels)
+        return stride_for(self.channels)
 
     def forward(self, image: torch.Tensor, return_features: bool = False):
         x = (image - self.mean) / self.std

@@ -118,3 +118,50 @@ def test_few_step_training_writes_a_usable_checkpoint(tmp_path):
     again = tc.train(tc.TrainConfig(epochs=1, batch_size=8, limit=48, init=str(ckpt_path)), DATA, out,
                      tmp_path / "restart.pt", log=lambda m: None)
     assert again["config"] == saved["config"] and "warm restart" in again["initialisation"]
+
+
+def test_logits_can_return_the_pooled_features_the_heads_read():
+    from training.adversarial import DomainHead
+
+    torch.manual_seed(0)
+    net = build_classifier(arch=ARCH, width=8).eval()
+    x = torch.rand(3, 3, 128, 128)
+    with torch.no_grad():
+        logit, hard, features = net.logits(x, return_features=True)
+        plain = net.logits(x)
+    assert len(plain) == 2
+    assert features.shape == (3, net.atypical_head.in_features) == (3, net.hardness_head.in_features)
+    torch.testing.assert_close(features, net.features(x))
+    torch.testing.assert_close(logit, plain[0])
+    torch.testing.assert_close(hard, plain[1])
+    torch.testing.assert_close(logit, net.atypical_head(features).squeeze(1))  # eval: dropout is the identity
+    # the features are un-dropped in training mode too (the domain head sees all of them)
+    net.train()
+    torch.manual_seed(1)
+    _, _, f_train = net.logits(x, return_features=True)
+    assert (f_train != 0).float().mean() > 0.9
+    head = DomainHead(net.atypical_head.in_features, len(amibr.DOMAINS))
+    assert head(f_train).shape == (3, 4)
+
+
+@needs_data
+def test_few_step_adversarial_training_feeds_the_domain_head(tmp_path, monkeypatch):
+    from training import adversarial
+
+    seen = []
+    real_domain_loss = adversarial.domain_loss
+
+    def spy(logits, domains):
+        seen.append((tuple(logits.shape), domains.clone()))
+        return real_domain_loss(logits, domains)
+
+    monkeypatch.setattr(adversarial, "domain_loss", spy)
+    cfg = tc.TrainConfig(epochs=1, batch_size=8, width=8, limit=48, threads=1, seed=0, adversarial=0.1, device="cpu")
+    ckpt = tc.train(cfg, DATA, tmp_path / "run", tmp_path / "classifier.pt", log=lambda m: None)
+    assert ckpt["train_config"]["adversarial"] == 0.1
+    assert seen and all(shape == (8, len(amibr.DOMAINS)) and d.shape == (8,) for shape, d in seen)
+    assert set(torch.cat([d for _, d in seen]).tolist()) <= set(range(len(amibr.DOMAINS)))
+    assert len({d for _, ds in seen for d in ds.tolist()}) > 1  # the fit crops come from several domains
+    # the domain head is not part of the saved model
+    assert set(ckpt["state_dict"]) == set(build_classifier(arch=ARCH, width=8).state_dict())
+    assert np.isfinite(ckpt["history"][0]["train_loss"])

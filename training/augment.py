@@ -1,12 +1,15 @@
-"""Augmentations for H&E crops and tiles: dihedral flips/rotations, HED stain jitter,
-brightness/contrast, blur/sharpen.
+"""Augmentations for batches of H&E images, in PyTorch (CPU or GPU): dihedral flips/rotations,
+HED stain jitter, brightness/contrast, blur/sharpen.
 
-Every function takes an image H x W x 3 (numpy, ``uint8`` in [0, 255] or floating in [0, 1]) and
-returns an image of the same shape and dtype, clipped to the same range. Random functions take a
-keyword ``rng`` (a ``numpy.random.Generator``, an ``int`` seed, or ``None`` for fresh entropy), so a
-run is reproducible from one seed. Geometric functions apply to any array whose first two axes are
-H, W (masks, heat maps) so that labels follow the image: draw the parameters once with
-:func:`random_dihedral_params` and apply :func:`dihedral` to each array.
+Images are float tensors N x 3 x H x W with RGB in [0, 1]; every function returns a new tensor of
+the same shape, clipped to [0, 1]. Each sample of a batch gets its own random parameters, drawn
+from a ``torch.Generator`` (on the images' device) so that a run is reproducible from one seed.
+Geometric functions apply to any tensor whose last two axes are H, W (label maps N x H x W, heat
+maps), so that labels follow the image: draw the parameters once with
+:func:`random_dihedral_params` and apply :func:`dihedral` to each tensor.
+
+Working on whole batches on the training device keeps the GPU busy: on a CPU core the same
+transforms cost about 2.5 ms per 128 px crop when done image by image.
 
 References: HED jitter after Tellez et al., "Whole-slide mitosis detection in H&E breast histology
 using PHH3 as a reference to train distilled stain-invariant CNNs", IEEE TMI 2018; stain vectors
@@ -15,12 +18,12 @@ of Ruifrok & Johnston, Anal. Quant. Cytol. Histol. 2001 (as in ``skimage.color``
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
-
-RngLike = np.random.Generator | int | None
+import torch
+from torch.nn import functional as F
 
 # Rows: optical-density vectors of haematoxylin, eosin and DAB (Ruifrok & Johnston).
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
@@ -30,137 +33,124 @@ HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 _MIN_TRANSMITTANCE = 1.0 / 255.0
 
 
-def as_rng(rng: RngLike) -> np.random.Generator:
-    """A Generator from a Generator (returned as is), a seed, or None."""
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A seeded generator on ``device`` (random draws must live where the images are)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
 
 
-def _check_image(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
-        shape = getattr(image, "shape", type(image).__name__)
-        raise ValueError(f"expected an H x W x 3 numpy image, got {shape}")
-    if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
-        raise ValueError(f"expected uint8 or floating pixels, got {image.dtype}")
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(getattr(images, "shape", ())) or type(images).__name__
+        raise ValueError(f"expected an N x 3 x H x W tensor of RGB images, got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"expected floating pixels in [0, 1], got {images.dtype}")
 
 
-def to_float(image: np.ndarray) -> np.ndarray:
-    """float32 in [0, 1] from uint8 or floating pixels."""
-    _check_image(image)
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) / 255.0
-    return image.astype(np.float32, copy=False)
+def to_float(images_nhwc: torch.Tensor) -> torch.Tensor:
+    """N x H x W x 3 uint8 -> N x 3 x H x W float32 in [0, 1]."""
+    return images_nhwc.permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def from_float(image: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """Back to ``like``'s dtype and range, clipped (uint8 is rounded)."""
-    image = np.clip(image, 0.0, 1.0)
-    if like.dtype == np.uint8:
-        return np.rint(image * 255.0).astype(np.uint8)
-    return image.astype(like.dtype, copy=False)
+def _uniform(n: int, low: float, high: float, g: torch.Generator, device, *shape: int) -> torch.Tensor:
+    return low + (high - low) * torch.rand((n, *shape), generator=g, device=device)
+
+
+def _per_sample(values: torch.Tensor) -> torch.Tensor:
+    """(N,) -> N x 1 x 1 x 1, to broadcast over images."""
+    return values.view(-1, 1, 1, 1)
 
 
 # --- geometry -----------------------------------------------------------------------------------
 
 
-def dihedral(array: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    """One of the 8 symmetries of the square on the first two axes: optional left-right flip,
-    then ``k`` counter-clockwise quarter turns. Works for images, masks and heat maps."""
-    if flip:
-        array = array[:, ::-1]
-    return np.ascontiguousarray(np.rot90(array, k % 4, axes=(0, 1)))
+def dihedral(x: torch.Tensor, k: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """One of the 8 symmetries of the square per sample, on the last two axes: optional
+    left-right flip, then ``k`` counter-clockwise quarter turns (``k``, ``flip``: shape (N,)).
+    Works for images (N x C x H x W) and maps (N x H x W); H must equal W."""
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"dihedral symmetries need square images, got {tuple(x.shape[-2:])}")
+    out = torch.where(_broadcast(flip, x), x.flip(-1), x)
+    turned = [out] + [torch.rot90(out, r, dims=(-2, -1)) for r in (1, 2, 3)]
+    result = turned[0].clone()
+    for r in (1, 2, 3):
+        result = torch.where(_broadcast(k % 4 == r, x), turned[r], result)
+    return result
 
 
-def random_dihedral_params(rng: RngLike = None) -> tuple[int, bool]:
-    """(k, flip) uniformly over the 8 symmetries."""
-    g = as_rng(rng)
-    return int(g.integers(4)), bool(g.integers(2))
+def _broadcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view(-1, *([1] * (like.ndim - 1)))
 
 
-def random_dihedral(image: np.ndarray, *others: np.ndarray, rng: RngLike = None) -> tuple[np.ndarray, ...]:
-    """The same random symmetry applied to ``image`` and to every array in ``others``."""
-    k, flip = random_dihedral_params(rng)
-    return tuple(dihedral(a, k, flip) for a in (image, *others))
+def random_dihedral_params(n: int, g: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k, flip) per sample, uniform over the 8 symmetries."""
+    k = torch.randint(0, 4, (n,), generator=g, device=device)
+    flip = torch.randint(0, 2, (n,), generator=g, device=device).bool()
+    return k, flip
+
+
+def random_dihedral(x: torch.Tensor, *others: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """The same random symmetry per sample applied to ``x`` and to every tensor in ``others``."""
+    k, flip = random_dihedral_params(x.shape[0], g, x.device)
+    return tuple(dihedral(t, k, flip) for t in (x, *others))
 
 
 # --- colour -------------------------------------------------------------------------------------
 
 
-def rgb_to_hed(image: np.ndarray) -> np.ndarray:
-    """Stain concentrations (H, E, D) as optical density, float32 H x W x 3."""
-    od = -np.log(np.maximum(to_float(image), _MIN_TRANSMITTANCE))
-    return (od @ HED_FROM_RGB).astype(np.float32)
+def _matrix(m: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(m, dtype=like.dtype, device=like.device)
 
 
-def hed_to_rgb(hed: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rgb_to_hed`: float32 RGB in [0, 1]."""
-    return np.clip(np.exp(-(hed @ RGB_FROM_HED)), 0.0, 1.0).astype(np.float32)
+def rgb_to_hed(images: torch.Tensor) -> torch.Tensor:
+    """Stain concentrations (H, E, D) as optical density, N x 3 x H x W."""
+    od = -torch.log(images.clamp(min=_MIN_TRANSMITTANCE))
+    return torch.einsum("nchw,cd->ndhw", od, _matrix(HED_FROM_RGB, images))
 
 
-def hed_jitter(
-    image: np.ndarray, alpha: tuple[float, float, float], beta: tuple[float, float, float]
-) -> np.ndarray:
-    """Scale (``alpha``) and shift (``beta``, optical density) each stain concentration."""
-    hed = rgb_to_hed(image)
-    hed = hed * np.asarray(alpha, dtype=np.float32) + np.asarray(beta, dtype=np.float32)
-    return from_float(hed_to_rgb(hed), image)
+def hed_to_rgb(hed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_hed`: RGB in [0, 1]."""
+    return torch.exp(-torch.einsum("ndhw,dc->nchw", hed, _matrix(RGB_FROM_HED, hed))).clamp(0.0, 1.0)
 
 
-def random_hed_jitter(
-    image: np.ndarray, sigma: float = 0.05, bias: float = 0.05, rng: RngLike = None
-) -> np.ndarray:
-    """HED jitter with alpha ~ U(1 - sigma, 1 + sigma) and beta ~ U(-bias, bias) per stain."""
-    g = as_rng(rng)
-    alpha = tuple(g.uniform(1.0 - sigma, 1.0 + sigma, 3))
-    beta = tuple(g.uniform(-bias, bias, 3))
-    return hed_jitter(image, alpha, beta)  # type: ignore[arg-type]
+def hed_jitter(images: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Scale (``alpha``, N x 3) and shift (``beta``, N x 3, optical density) each stain."""
+    _check_images(images)
+    hed = rgb_to_hed(images) * alpha[:, :, None, None] + beta[:, :, None, None]
+    return hed_to_rgb(hed)
 
 
-def brightness_contrast(image: np.ndarray, brightness: float, contrast: float) -> np.ndarray:
-    """``(x - mean) * contrast + mean + brightness`` per image (mean over all pixels and channels)."""
-    x = to_float(image)
-    mean = float(x.mean())
-    return from_float((x - mean) * contrast + mean + brightness, image)
-
-
-def random_brightness_contrast(
-    image: np.ndarray, brightness: float = 0.1, contrast: float = 0.2, rng: RngLike = None
-) -> np.ndarray:
-    """Brightness shift ~ U(-brightness, brightness), contrast factor ~ U(1 - contrast, 1 + contrast)."""
-    g = as_rng(rng)
-    return brightness_contrast(image, float(g.uniform(-brightness, brightness)), float(g.uniform(1 - contrast, 1 + contrast)))
+def brightness_contrast(images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) * contrast + mean + brightness`` per image (mean over pixels and channels)."""
+    _check_images(images)
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    return ((images - mean) * _per_sample(contrast) + mean + _per_sample(brightness)).clamp(0.0, 1.0)
 
 
 # --- focus --------------------------------------------------------------------------------------
 
 
-def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Isotropic Gaussian blur of each channel (sigma in pixels)."""
-    x = to_float(image)
-    return from_float(gaussian_filter(x, sigma=(sigma, sigma, 0), mode="reflect"), image)
+def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Isotropic Gaussian blur with a ``sigma`` (px) per image; reflected borders."""
+    _check_images(images)
+    sigma = torch.as_tensor(sigma, dtype=images.dtype, device=images.device).expand(images.shape[0])
+    radius = max(1, int(math.ceil(3 * float(sigma.max()))))
+    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    kernel = torch.exp(-0.5 * (offsets[None] / sigma.clamp(min=1e-3)[:, None]) ** 2)
+    kernel = kernel / kernel.sum(1, keepdim=True)  # N x K
+    n, c, h, w = images.shape
+    kernel = kernel.repeat_interleave(c, 0)  # one kernel per (image, channel): grouped convolution
+    x = images.reshape(1, n * c, h, w)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=n * c)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=n * c)
+    return x.reshape(n, c, h, w).clamp(0.0, 1.0)  # the normalised kernel's rounding can reach 1 + 2e-7
 
 
-def sharpen(image: np.ndarray, amount: float, sigma: float = 1.0) -> np.ndarray:
-    """Unsharp mask: ``x + amount * (x - blur(x, sigma))``."""
-    x = to_float(image)
-    blurred = gaussian_filter(x, sigma=(sigma, sigma, 0), mode="reflect")
-    return from_float(x + amount * (x - blurred), image)
-
-
-def random_blur_or_sharpen(
-    image: np.ndarray,
-    p: float = 0.3,
-    blur_sigma: tuple[float, float] = (0.3, 1.2),
-    sharpen_amount: tuple[float, float] = (0.2, 1.0),
-    rng: RngLike = None,
-) -> np.ndarray:
-    """With probability ``p`` each: blur (sigma drawn from ``blur_sigma``) or sharpen; else unchanged."""
-    g = as_rng(rng)
-    u = g.random()
-    if u < p:
-        return gaussian_blur(image, float(g.uniform(*blur_sigma)))
-    if u < 2 * p:
-        return sharpen(image, float(g.uniform(*sharpen_amount)))
-    return image
+def sharpen(images: torch.Tensor, amount: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """Unsharp mask per image: ``x + amount * (x - blur(x, sigma))``."""
+    blurred = gaussian_blur(images, torch.full((images.shape[0],), sigma, device=images.device))
+    return (images + _per_sample(amount) * (images - blurred)).clamp(0.0, 1.0)
 
 
 # --- composition --------------------------------------------------------------------------------
@@ -178,6 +168,8 @@ class AugmentConfig:
     contrast: float = 0.15
     p_brightness_contrast: float = 0.5
     p_blur: float = 0.15  # and the same probability of sharpening
+    blur_sigma: tuple[float, float] = (0.3, 1.2)
+    sharpen_amount: tuple[float, float] = (0.2, 1.0)
 
     @classmethod
     def strong(cls) -> "AugmentConfig":
@@ -185,25 +177,39 @@ class AugmentConfig:
                    p_brightness_contrast=0.8, p_blur=0.3)
 
 
-def augment_photometric(image: np.ndarray, config: AugmentConfig = AugmentConfig(), rng: RngLike = None) -> np.ndarray:
-    """Stain, brightness/contrast and focus changes (labels are unaffected)."""
-    _check_image(image)
-    g = as_rng(rng)
-    if g.random() < config.p_hed:
-        image = random_hed_jitter(image, config.hed_sigma, config.hed_bias, rng=g)
-    if g.random() < config.p_brightness_contrast:
-        image = random_brightness_contrast(image, config.brightness, config.contrast, rng=g)
-    return random_blur_or_sharpen(image, p=config.p_blur, rng=g)
+def augment_photometric(images: torch.Tensor, config: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """Stain, brightness/contrast and focus changes, each drawn per image (labels are unaffected):
+    HED jitter with probability ``p_hed`` (alpha ~ U(1 +- hed_sigma), beta ~ U(+- hed_bias) per
+    stain), brightness/contrast with probability ``p_brightness_contrast``, then blur or sharpen,
+    each with probability ``p_blur``."""
+    _check_images(images)
+    n, dev = images.shape[0], images.device
+    identity = torch.ones(n, 3, device=dev), torch.zeros(n, 3, device=dev)
+    use = _uniform(n, 0, 1, g, dev) < config.p_hed
+    alpha = torch.where(use[:, None], _uniform(n, 1 - config.hed_sigma, 1 + config.hed_sigma, g, dev, 3), identity[0])
+    beta = torch.where(use[:, None], _uniform(n, -config.hed_bias, config.hed_bias, g, dev, 3), identity[1])
+    x = torch.where(_per_sample(use), hed_jitter(images, alpha, beta), images)
+    use = _uniform(n, 0, 1, g, dev) < config.p_brightness_contrast
+    brightness = torch.where(use, _uniform(n, -config.brightness, config.brightness, g, dev), 0.0)
+    contrast = torch.where(use, _uniform(n, 1 - config.contrast, 1 + config.contrast, g, dev), 1.0)
+    x = brightness_contrast(x, brightness, contrast)
+    u = _uniform(n, 0, 1, g, dev)
+    blur, sharp = u < config.p_blur, (u >= config.p_blur) & (u < 2 * config.p_blur)
+    sigma = _uniform(n, *config.blur_sigma, g, dev)
+    amount = _uniform(n, *config.sharpen_amount, g, dev)
+    if bool(blur.any()):
+        x = torch.where(_per_sample(blur), gaussian_blur(x, torch.where(blur, sigma, 1e-3)), x)
+    if bool(sharp.any()):
+        x = torch.where(_per_sample(sharp), sharpen(x, torch.where(sharp, amount, 0.0)), x)
+    return x
 
 
-def augment(image: np.ndarray, config: AugmentConfig = AugmentConfig(), rng: RngLike = None) -> np.ndarray:
-    """A random symmetry (if ``config.dihedral``) followed by :func:`augment_photometric`.
+def augment(images: torch.Tensor, config: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """A random symmetry per image (if ``config.dihedral``) followed by :func:`augment_photometric`.
 
     For label maps that must follow the geometry, call :func:`random_dihedral` yourself and then
-    :func:`augment_photometric` on the image only.
-    """
-    _check_image(image)
-    g = as_rng(rng)
+    :func:`augment_photometric` on the images only."""
+    _check_images(images)
     if config.dihedral:
-        (image,) = random_dihedral(image, rng=g)
-    return augment_photometric(image, config, rng=g)
+        (images,) = random_dihedral(images, g=g)
+    return augment_photometric(images, config, g)

@@ -29,6 +29,7 @@ if str(REPO_ROOT) not in sys.path:
 from mitosis_analysis.classify import classify_crops  # noqa: E402
 from model.classifier import build_classifier  # noqa: E402
 from training import data as amibr  # noqa: E402
+from training import plots  # noqa: E402
 
 # --- metrics (pure) -----------------------------------------------------------------------------
 
@@ -87,14 +88,15 @@ def best_threshold(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
 def torch_classifier(net: torch.nn.Module, batch_size: int = 128):
     """A ``mitosis_analysis.classify.Classifier`` (N x S x S x 3 uint8 -> P(atypical)) from a module."""
     net = net.eval()
+    device = next(net.parameters()).device
 
     def classify(crops: np.ndarray) -> np.ndarray:
         out = []
         with torch.no_grad():
             for start in range(0, len(crops), batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(crops[start : start + batch_size])).permute(0, 3, 1, 2)
-                x = x.float().div_(255.0).contiguous(memory_format=torch.channels_last)
-                out.append(net(x).numpy())
+                x = torch.from_numpy(np.ascontiguousarray(crops[start : start + batch_size])).to(device)
+                x = x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+                out.append(net(x).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     return classify
@@ -111,10 +113,9 @@ def predict(net: torch.nn.Module, crops: np.ndarray, n_views: int = 1, batch_siz
 
 def plot_threshold_sweep(curves: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float, path: Path) -> None:
     """Sensitivity, specificity and balanced accuracy against the threshold, one panel per split."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot(path)
+    if plt is None:
+        return
 
     t = np.linspace(0, 1, 201)
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
@@ -127,15 +128,14 @@ def plot_threshold_sweep(curves: dict[str, tuple[np.ndarray, np.ndarray]], thres
         ax.grid(alpha=0.3)
         ax.legend(loc="lower center", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    plots.save(fig, path)
 
 
 def plot_training_curves(history: Sequence[dict], path: Path) -> None:
     """Training loss, validation loss, validation AUROC and balanced accuracy per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot(path)
+    if plt is None:
+        return
 
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
@@ -149,20 +149,7 @@ def plot_training_curves(history: Sequence[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig, path: Path) -> None:
-    import os
-
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    plots.save(fig, path)
 
 
 # --- command line -------------------------------------------------------------------------------

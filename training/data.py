@@ -31,6 +31,11 @@ CROP_SIZE = 128
 # Published sizes; a table that disagrees is not the AMi-Br we know.
 N_TRAIN = 2894
 N_TEST = 826
+# Acquisition domains, for domain-adversarial training (``Crop.domain`` indexes this). MIDOG21's
+# training ROIs were scanned by slide number: 001-050 Hamamatsu XR, 051-100 Hamamatsu S360,
+# 101-150 Aperio ScanScope CS2 (Aubreville et al., MIDOG 2021). TUPAC16 (several centres, the
+# scanner per case is not in the table) counts as one domain.
+DOMAINS = ("MIDOG21 Hamamatsu XR", "MIDOG21 Hamamatsu S360", "MIDOG21 Aperio CS2", "TUPAC16")
 
 
 class DataError(ValueError):
@@ -59,6 +64,16 @@ class Crop:
     def slide_key(self) -> tuple[str, str]:
         """The grouping unit of every split: slide names are only unique within a dataset."""
         return (self.dataset, self.slide)
+
+    @property
+    def domain(self) -> int:
+        """Index into :data:`DOMAINS` (scanner for MIDOG21 slides by their number; TUPAC16)."""
+        if self.dataset == "TUPAC16":
+            return DOMAINS.index("TUPAC16")
+        stem = Path(self.slide).stem
+        if self.dataset != "MIDOG21" or not stem.isdigit() or not 1 <= int(stem) <= 150:
+            raise DataError(f"no acquisition domain known for {self.dataset} slide {self.slide!r}")
+        return (int(stem) - 1) // 50
 
     @property
     def hard(self) -> bool:
@@ -201,6 +216,11 @@ def load_crops(crops: Iterable[Crop], size: int = CROP_SIZE) -> np.ndarray:
 def labels(crops: Sequence[Crop]) -> np.ndarray:
     """Majority labels, 1 = atypical, as float32 (N,)."""
     return np.array([c.atypical for c in crops], dtype=np.float32)
+
+
+def domains(crops: Sequence[Crop]) -> np.ndarray:
+    """Acquisition-domain indices (int64), see :data:`DOMAINS`."""
+    return np.array([c.domain for c in crops], dtype=np.int64)
 
 
 def hardness(crops: Sequence[Crop]) -> np.ndarray:

@@ -30,6 +30,7 @@ from scipy.spatial import cKDTree
 from mitosis_analysis.candidates import find_candidates, suppress_duplicates
 from mitosis_analysis.inference import to_model_input
 from mitosis_analysis.settings import MITOSIS_CHANNEL, Settings
+from training import plots
 
 SPACING_MM = 0.00025
 MATCH_RADIUS_MM = 0.0075
@@ -220,10 +221,9 @@ def partial_froc(s: Sweep, fp_rates: Sequence[float] = (2.5, 5.0, 10.0, 20.0)) -
 
 
 def plot_sweep(s: Sweep, path, title: str, chosen: float | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot(path)
+    if plt is None:
+        return
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     axes[0].plot(s.thresholds, s.recall, label="recall")
@@ -248,5 +248,4 @@ def plot_sweep(s: Sweep, path, title: str, chosen: float | None = None) -> None:
         axes[1].legend()
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path)

@@ -11,6 +11,9 @@ linear warm-up and cosine decay, an exponential moving average (EMA) of the weig
 is validated and saved. The epoch with the best validation AUROC is kept; its operating threshold
 maximises balanced accuracy on validation, for the number of flip views the product averages
 (``Settings.classifier_tta``), and for 1, 2, 4 and 8 views as well (``thresholds_by_views``).
+``--adversarial W`` adds a domain-adversarial term (``training/adversarial.py``: a domain classifier
+on the pooled features behind a gradient-reversal layer; domains: three MIDOG21 scanners, TUPAC16).
+``--device`` picks cpu or cuda (default: cuda when available).
 
 ``--init CHECKPOINT`` starts from a previous run's selected weights instead (a warm restart: new
 warm-up and cosine cycle, same normalisation); the checkpoint's ``initialisation`` says so.
@@ -23,7 +26,6 @@ reads: arch, config, state_dict, threshold, metrics, ...), and in ``--out``: ``m
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import datetime as dt
 import json
@@ -46,6 +48,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from mitosis_analysis.settings import Settings  # noqa: E402
 from model.classifier import ARCH, build_classifier  # noqa: E402
+from training import adversarial  # noqa: E402
 from training import augment as aug  # noqa: E402
 from training import classifier_eval as ev  # noqa: E402
 from training import data as amibr  # noqa: E402
@@ -64,10 +67,15 @@ class TrainConfig:
     hardness_weight: float = 0.2
     ema_decay: float = 0.99
     val_fraction: float = 0.15
-    seed: int = 0
+    seed: int = 0  # initialisation, sampling, augmentation
+    split_seed: int = 0  # which slides form validation: fixed across runs that are compared or ensembled
     width: int = 16
     dropout: float = 0.3
     threads: int = 1
+    # Weight of the domain-adversarial term (0: off).
+    adversarial: float = 0.0
+    # "auto" (cuda when available), "cpu", "cuda", "cuda:N".
+    device: str = "auto"
     # Keep only this many crops per split (stratified, seeded): for smoke tests.
     limit: int | None = None
     # Stop after the epoch that would overrun this many minutes (None: no limit).
@@ -117,12 +125,6 @@ def stratified_subset(crops: Sequence[amibr.Crop], n: int, rng: np.random.Genera
     return [crops[i] for i in sorted(keep)]
 
 
-def to_batch(images: np.ndarray) -> torch.Tensor:
-    """N x H x W x 3 uint8 -> N x 3 x H x W float in [0, 1], channels-last memory."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last)
-
-
 def _atomic_json(obj, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2))
@@ -150,11 +152,14 @@ def train(
     if cfg.limit:
         train_all = stratified_subset(train_all, cfg.limit, rng)
         test = stratified_subset(test, cfg.limit, rng)
-    fit, val = amibr.split_by_slide(train_all, cfg.val_fraction, cfg.seed)
+    fit, val = amibr.split_by_slide(train_all, cfg.val_fraction, cfg.split_seed)
     log(f"fit: {amibr.summary(fit)}\nval: {amibr.summary(val)}\ntest: {amibr.summary(test)} (reported at the end only)")
     x_fit, x_val = amibr.load_crops(fit), amibr.load_crops(val)
     y_fit, y_val = amibr.labels(fit), amibr.labels(val)
-    h_fit = amibr.hardness(fit)
+    h_fit, d_fit = amibr.hardness(fit), amibr.domains(fit)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    log(f"device: {device}")
 
     initialisation = "random (from scratch; no pretrained weights)"
     if cfg.init:
@@ -168,12 +173,17 @@ def train(
     net = build_classifier(arch=ARCH, **model_config).to(memory_format=torch.channels_last)
     if cfg.init:
         net.load_state_dict(start["state_dict"])
+    net = net.to(device)
     log(f"initialisation: {initialisation}")
     ema = torch.optim.swa_utils.AveragedModel(
         net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
     )
     decay, no_decay = [], []
-    for name, p in net.named_parameters():
+    domain_head = None
+    if cfg.adversarial > 0:
+        domain_head = adversarial.DomainHead(net.atypical_head.in_features, len(amibr.DOMAINS)).to(device)
+    named = list(net.named_parameters()) + (list(domain_head.named_parameters()) if domain_head else [])
+    for name, p in named:
         (no_decay if p.ndim == 1 else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
@@ -182,6 +192,8 @@ def train(
     warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup_steps))
     aug_config = aug.AugmentConfig()
+    gen = aug.generator(cfg.seed, device)
+    x_fit_device = torch.from_numpy(x_fit).to(device)
 
     history: list[dict] = []
     best = {"val_auroc": -1.0}
@@ -194,11 +206,17 @@ def train(
         losses = []
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            images = np.stack([aug.augment(x_fit[i], aug_config, rng=rng) for i in idx])
-            logit, hard_logit = net.logits(to_batch(images))
-            target = torch.from_numpy(y_fit[idx])
+            images = aug.augment(aug.to_float(x_fit_device[torch.from_numpy(idx).to(device)]), aug_config, gen)
+            logit, hard_logit, features = net.logits(images.contiguous(memory_format=torch.channels_last),
+                                                     return_features=True)
+            target = torch.from_numpy(y_fit[idx]).to(device)
             loss = focal_loss(logit, target, cfg.focal_gamma)
-            loss = loss + cfg.hardness_weight * F.binary_cross_entropy_with_logits(hard_logit, torch.from_numpy(h_fit[idx]))
+            loss = loss + cfg.hardness_weight * F.binary_cross_entropy_with_logits(
+                hard_logit, torch.from_numpy(h_fit[idx]).to(device))
+            if domain_head is not None:
+                strength = adversarial.ramp(step / max(1, total_steps))
+                domain_logits = domain_head(features, strength)
+                loss = loss + cfg.adversarial * adversarial.domain_loss(domain_logits, torch.from_numpy(d_fit[idx]).to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -216,7 +234,7 @@ def train(
         history.append(row)
         if row["val_auroc"] > best["val_auroc"]:
             best = row
-            best_state = copy.deepcopy(ema.module.state_dict())
+            best_state = {k: v.detach().cpu().clone() for k, v in ema.module.state_dict().items()}
         log(f"epoch {epoch:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  val bce {val_bce:.4f}  "
             f"auroc {row['val_auroc']:.4f}  best-BA {ba:.4f}  ({row['seconds']:.0f} s)")
         elapsed_min = (time.time() - t_start) / 60
@@ -227,7 +245,7 @@ def train(
     # --- selection, threshold on validation, final report on test ---
     final = build_classifier(arch=ARCH, **model_config).to(memory_format=torch.channels_last)
     final.load_state_dict(best_state)
-    final.eval()
+    final = final.to(device).eval()
     product_views = Settings().classifier_tta
     x_test, y_test = amibr.load_crops(test), amibr.labels(test)
     val_metrics, test_metrics, thresholds, probs = {}, {}, {}, {}

@@ -11,7 +11,9 @@ HED stain / brightness / blur-sharpen jitter from ``training/augment.py``) from 
 ``--window`` px square is cut: the figures land anywhere in the input, next to crop seams as in the
 evaluation mosaics. Loss: CE + class-ratio-weighted Dice + focal + point CE at annotated centres
 (``training/losses.py``); optionally (``--consistency W``) a weak/strong-view feature-consistency
-term. Teacher-student (``--teacher-student``): from the first validation on, a frozen copy of the
+term, and (``--adversarial W``) a domain-adversarial term: a per-position domain classifier on the
+bottleneck behind a gradient-reversal layer (``training/adversarial.py``; domains: the three
+MIDOG21 scanners and TUPAC16, known per crop and so per mosaic quadrant). Teacher-student (``--teacher-student``): from the first validation on, a frozen copy of the
 best student relabels background/normal-nucleus pixels where it is confident, refining the
 classical teacher's nucleus masks; the copy is refreshed at each new best validation score.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -43,8 +46,10 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from model import build_detector
-from training import augment, data, detector_eval, losses
+from model.unet import stride_for
+from training import adversarial, augment, data, detector_eval, losses, plots
 from training import labels as label_lib
+from training import teacher as teacher_lib
 
 AMIBR_DIR = "ami-br"
 FP_BUDGET_PER_MM2 = 5.0
@@ -63,57 +68,98 @@ class LabelledCrops:
     labels: np.ndarray  # N x 128 x 128 uint8
     points: np.ndarray  # N x 128 x 128 uint8 (IGNORE except at annotated centres)
     mitoses: list  # per crop (n, 2) crop-pixel points
+    domains: np.ndarray  # N acquisition-domain indices (training.data.DOMAINS)
 
     def __len__(self) -> int:
         return len(self.crops)
 
 
-def label_crops(crops, annotations) -> LabelledCrops:
+def label_crops(crops, annotations, cache_dir: Path | None = None) -> LabelledCrops:
+    """The crops with their label maps. With ``cache_dir``, label maps are read from / written to
+    ``labels-<key>.npz`` there, the key being a hash of the crops' names and of the labelling code
+    (``training/labels.py``, ``training/teacher.py``), so a changed teacher never reads stale maps."""
     images = data.load_crops(crops)
-    maps = [label_lib.crop_labels(img, c, annotations) for img, c in zip(images, crops)]
-    return LabelledCrops(list(crops), images, np.stack([m.labels for m in maps]),
-                         np.stack([m.points for m in maps]), [m.mitoses for m in maps])
+    cache = None
+    if cache_dir is not None:
+        h = hashlib.sha256("\n".join(c.name for c in crops).encode())
+        for module in (label_lib, teacher_lib):
+            h.update(Path(module.__file__).read_bytes())
+        cache = Path(cache_dir) / f"labels-{h.hexdigest()[:16]}.npz"
+    if cache is not None and cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        labels, points = z["labels"], z["points"]
+        mitoses = [z["mitoses"][z["owner"] == i] for i in range(len(crops))]
+    else:
+        maps = [label_lib.crop_labels(img, c, annotations) for img, c in zip(images, crops)]
+        labels, points = np.stack([m.labels for m in maps]), np.stack([m.points for m in maps])
+        mitoses = [np.asarray(m.mitoses, dtype=np.float64).reshape(-1, 2) for m in maps]
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp.npz")
+            np.savez_compressed(tmp, labels=labels, points=points, mitoses=np.concatenate(mitoses),
+                                owner=np.repeat(np.arange(len(crops)), [len(m) for m in mitoses]))
+            os.replace(tmp, cache)
+    return LabelledCrops(list(crops), images, labels, points, mitoses, data.domains(crops))
 
 
-def augmented_crop(ds: LabelledCrops, i: int, rng: np.random.Generator,
-                   config: augment.AugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    image, lab, pts = augment.random_dihedral(ds.images[i], ds.labels[i], ds.points[i], rng=rng)
-    return augment.augment_photometric(image, config, rng=rng), lab, pts
+@dataclass
+class DeviceCrops:
+    """The training crops as tensors on the training device (augmented there, batch by batch)."""
+
+    images: torch.Tensor  # N x 128 x 128 x 3 uint8
+    labels: torch.Tensor  # N x 128 x 128 uint8
+    points: torch.Tensor  # N x 128 x 128 uint8
+    domains: torch.Tensor  # N uint8
+
+    @classmethod
+    def of(cls, ds: LabelledCrops, device: torch.device) -> "DeviceCrops":
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        return cls(t(ds.images), t(ds.labels), t(ds.points), t(ds.domains.astype(np.uint8)))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
 
 
-def mosaic_sample(ds: LabelledCrops, indices, window: int, rng: np.random.Generator,
-                  config: augment.AugmentConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A 2 x 2 mosaic of the crops ``indices`` (4 of them), randomly cut to ``window`` px."""
-    s = ds.images.shape[1]
-    image = np.empty((2 * s, 2 * s, 3), np.uint8)
-    lab = np.empty((2 * s, 2 * s), np.uint8)
-    pts = np.empty((2 * s, 2 * s), np.uint8)
-    for k, i in enumerate(indices):
-        r, c = divmod(k, 2)
-        sl = (slice(r * s, (r + 1) * s), slice(c * s, (c + 1) * s))
-        image[sl], lab[sl], pts[sl] = augmented_crop(ds, i, rng, config)
-    y, x = rng.integers(0, 2 * s - window + 1, size=2)
-    return image[y : y + window, x : x + window], lab[y : y + window, x : x + window], pts[y : y + window, x : x + window]
+def _tile_2x2(x: torch.Tensor) -> torch.Tensor:
+    """(4B, ..., s, s) in row-major quadrant order -> (B, ..., 2s, 2s) mosaics."""
+    b, rest, s = x.shape[0] // 4, x.shape[1:-2], x.shape[-1]
+    x = x.reshape(b, 2, 2, *rest, s, s)
+    dims = list(range(3, 3 + len(rest)))
+    return x.permute(0, *dims, 1, 3 + len(rest), 2, 4 + len(rest)).reshape(b, *rest, 2 * s, 2 * s)
+
+
+def mosaic_batch(ds: DeviceCrops, groups: torch.Tensor, window: int, g: torch.Generator,
+                 config: augment.AugmentConfig) -> dict[str, torch.Tensor]:
+    """2 x 2 mosaics of the crops ``groups`` (B x 4 indices), each crop with its own random symmetry
+    and photometric change, each mosaic cut to a random ``window`` px square: image (B x 3 x w x w,
+    float in [0, 1]), labels and points (B x w x w) and the domain of each pixel (B x w x w)."""
+    idx = groups.reshape(-1)
+    image = augment.to_float(ds.images[idx])
+    image, labels, points = augment.random_dihedral(image, ds.labels[idx], ds.points[idx], g=g)
+    image = augment.augment_photometric(image, config, g)
+    s = image.shape[-1]
+    domains = ds.domains[idx][:, None, None].expand(-1, s, s)
+    tiles = {"image": _tile_2x2(image), "labels": _tile_2x2(labels), "points": _tile_2x2(points),
+             "domains": _tile_2x2(domains)}
+    offsets = torch.randint(0, 2 * s - window + 1, (groups.shape[0], 2), generator=g, device=image.device).tolist()
+    return {k: torch.stack([t[b, ..., y : y + window, x : x + window] for b, (y, x) in enumerate(offsets)])
+            for k, t in tiles.items()}
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float().div_(255.0)
 
 
-def batches(ds: LabelledCrops, batch_size: int, window: int, rng: np.random.Generator,
+def batches(ds: DeviceCrops, batch_size: int, window: int, rng: np.random.Generator, g: torch.Generator,
             config: augment.AugmentConfig, strong: augment.AugmentConfig | None = None):
-    """One epoch: every crop once, in random groups of four, ``batch_size`` mosaics per batch."""
-    order = rng.permutation(len(ds))
-    groups = [order[i : i + 4] for i in range(0, len(order) - 3, 4)]
+    """One epoch: every crop once, in random groups of four, ``batch_size`` mosaics per batch;
+    with ``strong``, also ``batch["strong"]``: the same mosaics under a stronger photometric change."""
+    order = torch.from_numpy(rng.permutation(len(ds))).to(ds.images.device)
+    groups = order[: len(order) // 4 * 4].reshape(-1, 4)
     for b in range(0, len(groups), batch_size):
-        chunk = groups[b : b + batch_size]
-        samples = [mosaic_sample(ds, g, window, rng, config) for g in chunk]
-        image = np.stack([s[0] for s in samples])
-        batch = {"image": to_tensor(image),
-                 "labels": torch.from_numpy(np.stack([s[1] for s in samples])),
-                 "points": torch.from_numpy(np.stack([s[2] for s in samples]))}
+        batch = mosaic_batch(ds, groups[b : b + batch_size], window, g, config)
         if strong is not None:  # same geometry, stronger photometric change
-            batch["strong"] = to_tensor(np.stack([augment.augment_photometric(im, strong, rng=rng) for im in image]))
+            batch["strong"] = augment.augment_photometric(batch["image"], strong, g)
         yield batch
 
 
@@ -132,11 +178,22 @@ def refine_with_teacher(teacher: torch.nn.Module, image: torch.Tensor, labels: t
     return out
 
 
+def device_of(net: torch.nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
+def domains_at(domain_map: torch.Tensor, stride: int) -> torch.Tensor:
+    """The domain map (N x H x W) sampled at the centres of ``stride`` px cells: the domain of each
+    bottleneck position."""
+    return domain_map[:, stride // 2 :: stride, stride // 2 :: stride]
+
+
 def mitosis_probability(net: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     """P(mitosis) for N x H x W x 3 uint8 images (whole, no tiling)."""
     net.eval()
     with torch.no_grad():
-        return torch.softmax(net(to_tensor(images)), dim=1)[:, label_lib.MITOSIS].numpy()
+        logits = net(to_tensor(images).to(device_of(net)))
+        return torch.softmax(logits, dim=1)[:, label_lib.MITOSIS].cpu().numpy()
 
 
 def validation_mosaics(ds: LabelledCrops, cols: int = 8) -> list[detector_eval.Mosaic]:
@@ -155,7 +212,7 @@ def validate(net: torch.nn.Module, mosaics: list[detector_eval.Mosaic],
     on validation, and stored in the model."""
     net.eval()
     with torch.no_grad():
-        logits = [net(to_tensor(m.image[None])) for m in mosaics]
+        logits = [net(to_tensor(m.image[None]).to(device_of(net))).cpu() for m in mosaics]
     best = None
     for t in temperatures:
         parts = []
@@ -175,14 +232,13 @@ def selection_score(sweep: detector_eval.Sweep) -> float:
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot(path)
+    if plt is None:
+        return
 
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "ce", "dice", "focal", "point", "consistency"):
+    for key in ("loss", "ce", "dice", "focal", "point", "consistency", "domain"):
         if key in history[0]:
             axes[0].plot(epochs, [h[key] for h in history], label=key)
     axes[0].set_yscale("log")
@@ -196,8 +252,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     axes[1].set_title("validation (slide-held-out mosaics)")
     axes[1].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def save_atomically(obj, path: Path) -> None:
@@ -232,9 +287,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher-from-epoch", type=int, default=6,
                    help="the first best student that may become the teacher (earlier ones are too raw)")
     p.add_argument("--consistency", type=float, default=0.0, help="weight of the weak/strong feature term")
+    p.add_argument("--adversarial", type=float, default=0.0,
+                   help="weight of the domain-adversarial term (0: off); the reversal strength ramps up over training")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    p.add_argument("--label-cache", type=Path, default=REPO_ROOT / "training" / "cache",
+                   help="folder of cached label maps (keyed by crops and labelling code); '' to disable")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=0, help="initialisation, sampling and augmentation")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="which slides form validation (keep it fixed across runs that are compared or ensembled)")
+    args = p.parse_args(argv)
+    if args.window % stride_for(args.channels):
+        p.error(f"--window {args.window} must be a multiple of the network's stride {stride_for(args.channels)}")
+    return args
 
 
 def main(argv=None) -> int:
@@ -256,20 +321,29 @@ def main(argv=None) -> int:
     amibr = args.data / AMIBR_DIR
     table = data.load_table(amibr)
     train_crops, _test = data.published_split(amibr, table)  # the test split is never used here
-    train_crops, val_crops = data.split_by_slide(train_crops, args.val_fraction, seed=args.seed)
+    train_crops, val_crops = data.split_by_slide(train_crops, args.val_fraction, seed=args.split_seed)
     if args.limit_crops:
         train_crops, val_crops = train_crops[: args.limit_crops], val_crops[: max(4, args.limit_crops // 4)]
     annotations = label_lib.slide_annotations(table, label_lib.midogpp_points(args.data / label_lib.MIDOGPP_FILE))
     log(f"train: {data.summary(train_crops)}; val: {data.summary(val_crops)}")
-    train_ds, val_ds = label_crops(train_crops, annotations), label_crops(val_crops, annotations)
+    cache = args.label_cache if str(args.label_cache) not in ("", ".") else None
+    train_ds, val_ds = label_crops(train_crops, annotations, cache), label_crops(val_crops, annotations, cache)
     class_share = np.bincount(train_ds.labels.ravel(), minlength=4) / train_ds.labels.size
     log(f"labels ready ({time.time() - started:.0f} s); pixel shares {np.round(class_share, 4).tolist()}; "
         f"extra mitoses in crops: {sum(len(m) - 1 for m in train_ds.mitoses)}")
     val_mosaics = validation_mosaics(val_ds)
 
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+    log(f"device: {device}")
     config = {"channels": list(args.channels)}
-    net = build_detector(**config)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    net = build_detector(**config).to(device)
+    params = list(net.parameters())
+    domain_head = None
+    if args.adversarial > 0:
+        domain_head = adversarial.DomainHead(net.channels[-1], len(data.DOMAINS)).to(device)
+        params += list(domain_head.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(train_ds) // 4 / args.batch_size)
     total_steps = args.epochs * steps_per_epoch
     warmup = min(100, total_steps // 10 + 1)
@@ -279,6 +353,8 @@ def main(argv=None) -> int:
             return args.lr * (step + 1) / warmup
         return args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
 
+    train_on_device = DeviceCrops.of(train_ds, device)
+    gen = augment.generator(args.seed, device)
     weak_cfg = augment.AugmentConfig()
     strong_cfg = augment.AugmentConfig.strong() if args.consistency > 0 else None
     teacher = None
@@ -290,22 +366,25 @@ def main(argv=None) -> int:
         t0 = time.time()
         sums: dict[str, float] = {}
         n = 0
-        for batch in batches(train_ds, args.batch_size, args.window, rng, weak_cfg, strong_cfg):
+        for batch in batches(train_on_device, args.batch_size, args.window, rng, gen, weak_cfg, strong_cfg):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             target = batch["labels"]
             if teacher is not None:
                 target = refine_with_teacher(teacher, batch["image"], target)
-            if strong_cfg is not None:
-                logits, f_weak = net(batch["image"], return_features=True)
-                _, f_strong = net(batch["strong"], return_features=True)
-            else:
-                logits = net(batch["image"])
+            logits, f_weak = net(batch["image"], return_features=True)
             loss, terms = losses.detector_loss(logits, target, batch["points"])
             if strong_cfg is not None:
+                _, f_strong = net(batch["strong"], return_features=True)
                 consistency = losses.feature_consistency(f_weak, f_strong)
                 loss = loss + args.consistency * consistency
                 terms["consistency"] = float(consistency.detach())
+            if domain_head is not None:
+                strength = adversarial.ramp(step / max(1, total_steps))
+                domain_logits = domain_head(f_weak, strength)
+                domain = adversarial.domain_loss(domain_logits, domains_at(batch["domains"], net.stride))
+                loss = loss + args.adversarial * domain
+                terms["domain"] = float(domain.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -333,7 +412,7 @@ def main(argv=None) -> int:
             best = {**record, "threshold": threshold, "val_at_threshold": sweep.at(threshold),
                     "val_best_f1": sweep.at(sweep.best_f1_threshold())}
             net.temperature.fill_(temperature)
-            state = {k: v.clone() for k, v in net.state_dict().items()}
+            state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             net.temperature.fill_(1.0)
             ckpt = {
                 "arch": "light_unet", "config": config, "state_dict": state, "threshold": threshold,
