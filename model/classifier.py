@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 ARCH = "atypical-msresnet-v1"
+ENSEMBLE_ARCH = "atypical-msresnet-ensemble-v1"
 # Mean/std of RGB over the AMi-Br training crops (measured by training/train_classifier.py,
 # which stores the values it used in the checkpoint's config).
 DEFAULT_MEAN = (0.70, 0.55, 0.70)
@@ -97,11 +98,32 @@ class AtypicalClassifier(nn.Module):
         return torch.sigmoid(self.logits(image)[0])
 
 
-def build_classifier(arch: str = ARCH, **config) -> AtypicalClassifier:
-    """The classifier from the ``config`` stored in a checkpoint (keyword arguments of
-    :class:`AtypicalClassifier`: width, dropout, mean, std). ``arch`` is checked, not used."""
+class ClassifierEnsemble(nn.Module):
+    """Mean P(atypical) of several :class:`AtypicalClassifier` members, as one module (and so one
+    exported graph). ``mean``/``std`` are the first member's (members trained on the same split
+    share them; each member still normalises with its own buffers)."""
+
+    def __init__(self, members: list[dict]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(build_classifier(**dict(m)) for m in members)
+        self.register_buffer("mean", self.members[0].mean.clone())
+        self.register_buffer("std", self.members[0].std.clone())
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """p_atypical averaged over the members, shape (N,)."""
+        return torch.stack([m(image) for m in self.members]).mean(0)
+
+
+def build_classifier(arch: str = ARCH, **config) -> nn.Module:
+    """The classifier from the ``config`` stored in a checkpoint: for ``ARCH``, keyword arguments
+    of :class:`AtypicalClassifier` (width, dropout, mean, std); for ``ENSEMBLE_ARCH``, ``members``:
+    a list of member configs (each with its own ``arch``)."""
+    if arch == ENSEMBLE_ARCH:
+        return ClassifierEnsemble(config["members"])
     if arch != ARCH:
-        raise ValueError(f"unknown classifier arch {arch!r}; this code builds {ARCH!r}")
+        raise ValueError(f"unknown classifier arch {arch!r}; this code builds {ARCH!r} and {ENSEMBLE_ARCH!r}")
     for key in ("mean", "std"):
         if key in config:
             config[key] = tuple(float(v) for v in config[key])

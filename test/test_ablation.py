@@ -149,7 +149,8 @@ def test_run_starts_every_variant_and_reports_failures(tmp_path, monkeypatch):
         started.append(cmd)
         stdout.close()
         assert env["OMP_NUM_THREADS"] == "1"
-        return _FakeProcess(cmd, 1 if "--adversarial" in cmd else 0)
+        failing = float(cmd[cmd.index("--adversarial") + 1]) > 0  # the adversarial runs "fail"
+        return _FakeProcess(cmd, 1 if failing else 0)
 
     monkeypatch.setattr(ablation.subprocess, "Popen", fake_popen)
     monkeypatch.setattr(ablation.time, "sleep", lambda s: None)

@@ -27,18 +27,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 CONSISTENCY = 0.2
 ADVERSARIAL = 0.1
-# variant -> extra arguments of the training command; "full" holds every ingredient, each other
-# variant drops one, "plain" drops them all.
+# variant -> (teacher-student, consistency weight, adversarial weight); "full" holds every
+# ingredient, each other variant drops one, "plain" drops them all. Every ingredient is spelt out
+# on the command line, so the runs do not depend on the training scripts' defaults.
+DETECTOR_RECIPES = {
+    "full": (True, CONSISTENCY, ADVERSARIAL),
+    "no-teacher-student": (False, CONSISTENCY, ADVERSARIAL),
+    "no-consistency": (True, 0.0, ADVERSARIAL),
+    "no-adversarial": (True, CONSISTENCY, 0.0),
+    "plain": (False, 0.0, 0.0),
+}
 VARIANTS = {
     "detector": {
-        "full": ["--teacher-student", "--consistency", str(CONSISTENCY), "--adversarial", str(ADVERSARIAL)],
-        "no-teacher-student": ["--no-teacher-student", "--consistency", str(CONSISTENCY), "--adversarial", str(ADVERSARIAL)],
-        "no-consistency": ["--teacher-student", "--adversarial", str(ADVERSARIAL)],
-        "no-adversarial": ["--teacher-student", "--consistency", str(CONSISTENCY)],
-        "plain": ["--no-teacher-student"],
+        name: ["--teacher-student" if teacher else "--no-teacher-student",
+               "--consistency", str(consistency), "--adversarial", str(adversarial)]
+        for name, (teacher, consistency, adversarial) in DETECTOR_RECIPES.items()
     },
     "classifier": {
-        "plain": [],
+        "plain": ["--adversarial", "0.0"],
         "adversarial": ["--adversarial", str(ADVERSARIAL)],
     },
 }

@@ -73,7 +73,7 @@ class TrainConfig:
     dropout: float = 0.3
     threads: int = 1
     # Weight of the domain-adversarial term (0: off).
-    adversarial: float = 0.0
+    adversarial: float = 0.1
     # "auto" (cuda when available), "cpu", "cuda", "cuda:N".
     device: str = "auto"
     # Keep only this many crops per split (stratified, seeded): for smoke tests.
