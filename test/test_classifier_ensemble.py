@@ -75,7 +75,7 @@ def test_choose_takes_the_best_validation_auroc_within_the_size_limit():
     combo, score = ens.choose(p, y, 2, small)
     assert set(combo) == {"good", "noisy"} and score == pytest.approx(1.0)
     # "good" too big to pair with anything: the best admissible pair wins
-    big = {"good": ens.MAX_BYTES // 4, "noisy": 10, "bad": 10}
+    big = {"good": export.MAX_ONNX_BYTES // 4, "noisy": 10, "bad": 10}
     combo, _ = ens.choose(p, y, 2, big)
     assert combo == ("bad", "noisy")
     with pytest.raises(SystemExit, match="fit in"):

@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from training import runtime
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 CONSISTENCY = 0.2
@@ -70,9 +72,9 @@ def run(model: str, out: Path, epochs: int, parallel: int, variants: list[str], 
             run_dir.mkdir(parents=True, exist_ok=True)
             cmd = command(model, variant, run_dir, epochs, extra)
             (run_dir / "command.txt").write_text(" ".join(cmd[1:]) + "\n")
-            log = open(run_dir / "stdout.log", "w")
-            procs.append((variant, subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env),
-                          time.time()))
+            with open(run_dir / "stdout.log", "w") as log:  # the child keeps its own handle
+                procs.append((variant, subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env),
+                              time.time()))
             print(f"started {model}-{variant}", file=sys.stderr, flush=True)
         for item in list(procs):
             variant, proc, t0 = item
@@ -124,7 +126,7 @@ def table(out: Path, evaluate: bool) -> int:
     if not rows:
         print(f"error: no finished runs under {out}", file=sys.stderr)
         return 2
-    (out / "ablation.json").write_text(json.dumps(rows, indent=2))
+    runtime.write_json(rows, out / "ablation.json")
     lines = []
     for model in VARIANTS:
         mine = {k: v for k, v in rows.items() if k.startswith(model + "-")}

@@ -29,7 +29,8 @@ if str(REPO_ROOT) not in sys.path:
 from mitosis_analysis.classify import classify_crops  # noqa: E402
 from model.classifier import build_classifier  # noqa: E402
 from training import data as amibr  # noqa: E402
-from training import plots  # noqa: E402
+from training import augment as aug  # noqa: E402
+from training import plots, runtime  # noqa: E402
 
 # --- metrics (pure) -----------------------------------------------------------------------------
 
@@ -88,14 +89,14 @@ def best_threshold(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
 def torch_classifier(net: torch.nn.Module, batch_size: int = 128):
     """A ``mitosis_analysis.classify.Classifier`` (N x S x S x 3 uint8 -> P(atypical)) from a module."""
     net = net.eval()
-    device = next(net.parameters()).device
+    device = runtime.device_of(net)
 
     def classify(crops: np.ndarray) -> np.ndarray:
         out = []
         with torch.no_grad():
             for start in range(0, len(crops), batch_size):
                 x = torch.from_numpy(np.ascontiguousarray(crops[start : start + batch_size])).to(device)
-                x = x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+                x = aug.to_float(x).contiguous(memory_format=torch.channels_last)
                 out.append(net(x).cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
@@ -106,6 +107,34 @@ def predict(net: torch.nn.Module, crops: np.ndarray, n_views: int = 1, batch_siz
     """P(atypical) of N x S x S x 3 uint8 crops, averaged over ``n_views`` flip views exactly as the
     product does it (``mitosis_analysis.classify.classify_crops``)."""
     return classify_crops(torch_classifier(net, batch_size), crops, batch_size, n_views)
+
+
+def evaluate_views(net: torch.nn.Module, x_val: np.ndarray, y_val: np.ndarray, x_test: np.ndarray,
+                   y_test: np.ndarray, views: Sequence[int]) -> dict:
+    """For each number of flip views: the operating threshold (best balanced accuracy on
+    validation) and the metrics there on validation and on test. Returns ``thresholds``
+    (``{"n": t}``), ``validation`` and ``test`` (``{"views_n": metrics}``) and ``probs``
+    (``{n: (p_val, p_test)}``); :func:`views_summary` turns it into log lines."""
+    out = {"thresholds": {}, "validation": {}, "test": {}, "probs": {}}
+    for n in views:
+        p_val, p_test = predict(net, x_val, n_views=n), predict(net, x_test, n_views=n)
+        t, _ = best_threshold(y_val, p_val)
+        out["thresholds"][str(n)] = t
+        out["validation"][f"views_{n}"] = binary_metrics(y_val, p_val, t)
+        out["test"][f"views_{n}"] = binary_metrics(y_test, p_test, t)
+        out["probs"][n] = (p_val, p_test)
+    return out
+
+
+def views_summary(result: dict) -> list[str]:
+    """One line per number of views of an :func:`evaluate_views` result."""
+    lines = []
+    for n in result["probs"]:
+        v, t = result["validation"][f"views_{n}"], result["test"][f"views_{n}"]
+        lines.append(f"{n} view(s): val BA {v['balanced_accuracy']:.4f} AUROC {v['auroc']:.4f} | test BA "
+                     f"{t['balanced_accuracy']:.4f} sens {t['sensitivity']:.4f} spec {t['specificity']:.4f} "
+                     f"AUROC {t['auroc']:.4f} @ {v['threshold']:.3f}")
+    return lines
 
 
 # --- plots --------------------------------------------------------------------------------------

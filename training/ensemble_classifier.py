@@ -33,9 +33,9 @@ from mitosis_analysis.settings import Settings  # noqa: E402
 from model.classifier import ENSEMBLE_ARCH, build_classifier  # noqa: E402
 from training import classifier_eval as ev  # noqa: E402
 from training import data as amibr  # noqa: E402
-from training.train_classifier import VIEWS, _atomic_json  # noqa: E402
-
-MAX_BYTES = 30 * 2**20  # what one ONNX file may weigh in git (float32 parameters)
+from training import runtime  # noqa: E402
+from training.export import MAX_ONNX_BYTES  # noqa: E402
+from training.train_classifier import VIEWS  # noqa: E402
 
 
 def load_member(path: Path) -> tuple[torch.nn.Module, dict]:
@@ -55,13 +55,13 @@ def choose(p_val: dict[str, np.ndarray], y_val: np.ndarray, size: int,
     """The ``size``-subset of candidates (under the size limit) with the best validation AUROC."""
     best = None
     for combo in itertools.combinations(sorted(p_val), size):
-        if 4 * sum(n_params[k] for k in combo) > MAX_BYTES:
+        if 4 * sum(n_params[k] for k in combo) > MAX_ONNX_BYTES:  # float32 parameters
             continue
         score = ev.auroc(y_val, np.mean([p_val[k] for k in combo], axis=0))
         if best is None or score > best[1]:
             best = (combo, score)
     if best is None:
-        raise SystemExit(f"error: no {size} candidates fit in {MAX_BYTES / 2**20:.0f} MiB")
+        raise SystemExit(f"error: no {size} candidates fit in {MAX_ONNX_BYTES / 2**20:.0f} MiB")
     return best
 
 
@@ -100,17 +100,10 @@ def main(argv=None) -> int:
     for i, k in enumerate(combo):
         net.members[i].load_state_dict(members[k][0].state_dict())
     net.eval()
-    thresholds, val_metrics, test_metrics, probs = {}, {}, {}, {}
-    for n in VIEWS:
-        pv, pt = ev.predict(net, x_val, n_views=n), ev.predict(net, x_test, n_views=n)
-        thresholds[str(n)], _ = ev.best_threshold(y_val, pv)
-        val_metrics[f"views_{n}"] = ev.binary_metrics(y_val, pv, thresholds[str(n)])
-        test_metrics[f"views_{n}"] = ev.binary_metrics(y_test, pt, thresholds[str(n)])
-        probs[n] = (pv, pt)
-        t = test_metrics[f"views_{n}"]
-        print(f"{n} view(s): val BA {val_metrics[f'views_{n}']['balanced_accuracy']:.4f} | test BA "
-              f"{t['balanced_accuracy']:.4f} sens {t['sensitivity']:.4f} spec {t['specificity']:.4f} "
-              f"AUROC {t['auroc']:.4f} @ {thresholds[str(n)]:.3f}", file=sys.stderr)
+    result = ev.evaluate_views(net, x_val, y_val, x_test, y_test, VIEWS)
+    thresholds, val_metrics, test_metrics, probs = (result[k] for k in ("thresholds", "validation", "test", "probs"))
+    for line in ev.views_summary(result):
+        print(line, file=sys.stderr)
     metrics = {
         "members": list(combo), "member_commands": [members[k][1].get("command", "?") for k in combo],
         "selection": f"best validation AUROC over all {args.size}-member subsets of {len(members)} candidates",
@@ -128,12 +121,8 @@ def main(argv=None) -> int:
         "initialisation": "members trained from scratch (no pretrained weights)",
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    args.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.checkpoint.with_name(args.checkpoint.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(args.checkpoint)
-    args.out.mkdir(parents=True, exist_ok=True)
-    _atomic_json(metrics, args.out / "metrics.json")
+    runtime.save_checkpoint(checkpoint, args.checkpoint)
+    runtime.write_json(metrics, args.out / "metrics.json")
     pv, pt = probs[views]
     ev.plot_threshold_sweep({f"validation, {views} views": (y_val, pv), f"test, {views} views": (y_test, pt)},
                             thresholds[str(views)], args.out / "threshold_sweep.png")

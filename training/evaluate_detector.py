@@ -33,6 +33,7 @@ if str(REPO_ROOT) not in sys.path:
 from training import data
 from training import detector_eval as ev
 from training import labels as label_lib
+from training import runtime
 
 
 def split_crops(data_dir: Path, split: str, val_fraction: float = 0.15, seed: int = 0):
@@ -125,9 +126,7 @@ def main(argv=None) -> int:
             "alternatives": {r: sweep.at(t) for r, t in candidates.items()},
             "roi_mitosis_density_per_mm2": ev.ROI_MITOSIS_DENSITY_PER_MM2,
         }
-        tmp = args.checkpoint.with_name(args.checkpoint.name + ".tmp")
-        torch.save(checkpoint, tmp)
-        tmp.replace(args.checkpoint)
+        runtime.save_checkpoint(checkpoint, args.checkpoint)
         print(f"threshold {chosen:.6f} ({args.choose_threshold} on validation) stored in {args.checkpoint}",
               file=sys.stderr)
     threshold = float(checkpoint["threshold"])
@@ -145,7 +144,7 @@ def main(argv=None) -> int:
         "caveat": "crops centred on mitoses: negatives easier than in real ROIs; FP/mm^2 is optimistic",
         "sweep": sweep.to_dict(),
     }
-    (args.out / f"{args.split}_metrics.json").write_text(json.dumps(result, indent=2))
+    runtime.write_json(result, args.out / f"{args.split}_metrics.json")
     ev.plot_sweep(sweep, args.out / f"{args.split}_sweep.png",
                   f"AMi-Br {args.split} mosaic ({mosaic.n_crops} crops, {len(mosaic.gt_points)} mitoses), "
                   f"engine {args.engine}", threshold)

@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -52,6 +50,7 @@ from training import adversarial  # noqa: E402
 from training import augment as aug  # noqa: E402
 from training import classifier_eval as ev  # noqa: E402
 from training import data as amibr  # noqa: E402
+from training import runtime  # noqa: E402
 
 VIEWS = (1, 2, 4, 8)
 
@@ -125,12 +124,6 @@ def stratified_subset(crops: Sequence[amibr.Crop], n: int, rng: np.random.Genera
     return [crops[i] for i in sorted(keep)]
 
 
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 # --- training -----------------------------------------------------------------------------------
 
 
@@ -157,8 +150,7 @@ def train(
     x_fit, x_val = amibr.load_crops(fit), amibr.load_crops(val)
     y_fit, y_val = amibr.labels(fit), amibr.labels(val)
     h_fit, d_fit = amibr.hardness(fit), amibr.domains(fit)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
+    device = runtime.resolve_device(cfg.device)
     log(f"device: {device}")
 
     initialisation = "random (from scratch; no pretrained weights)"
@@ -194,6 +186,7 @@ def train(
     aug_config = aug.AugmentConfig()
     gen = aug.generator(cfg.seed, device)
     x_fit_device = torch.from_numpy(x_fit).to(device)
+    y_fit_device, h_fit_device, d_fit_device = (torch.from_numpy(a).to(device) for a in (y_fit, h_fit, d_fit))
 
     history: list[dict] = []
     best = {"val_auroc": -1.0}
@@ -206,17 +199,16 @@ def train(
         losses = []
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            images = aug.augment(aug.to_float(x_fit_device[torch.from_numpy(idx).to(device)]), aug_config, gen)
+            batch = torch.from_numpy(idx).to(device)
+            images = aug.augment(aug.to_float(x_fit_device[batch]), aug_config, gen)
             logit, hard_logit, features = net.logits(images.contiguous(memory_format=torch.channels_last),
                                                      return_features=True)
-            target = torch.from_numpy(y_fit[idx]).to(device)
-            loss = focal_loss(logit, target, cfg.focal_gamma)
-            loss = loss + cfg.hardness_weight * F.binary_cross_entropy_with_logits(
-                hard_logit, torch.from_numpy(h_fit[idx]).to(device))
+            loss = focal_loss(logit, y_fit_device[batch], cfg.focal_gamma)
+            loss = loss + cfg.hardness_weight * F.binary_cross_entropy_with_logits(hard_logit, h_fit_device[batch])
             if domain_head is not None:
                 strength = adversarial.ramp(step / max(1, total_steps))
                 domain_logits = domain_head(features, strength)
-                loss = loss + cfg.adversarial * adversarial.domain_loss(domain_logits, torch.from_numpy(d_fit[idx]).to(device))
+                loss = loss + cfg.adversarial * adversarial.domain_loss(domain_logits, d_fit_device[batch])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -248,14 +240,8 @@ def train(
     final = final.to(device).eval()
     product_views = Settings().classifier_tta
     x_test, y_test = amibr.load_crops(test), amibr.labels(test)
-    val_metrics, test_metrics, thresholds, probs = {}, {}, {}, {}
-    for n in VIEWS:
-        p_val = ev.predict(final, x_val, n_views=n)
-        thresholds[str(n)], _ = ev.best_threshold(y_val, p_val)
-        val_metrics[f"views_{n}"] = ev.binary_metrics(y_val, p_val, thresholds[str(n)])
-        p_test = ev.predict(final, x_test, n_views=n)
-        test_metrics[f"views_{n}"] = ev.binary_metrics(y_test, p_test, thresholds[str(n)])
-        probs[n] = (p_val, p_test)
+    result = ev.evaluate_views(final, x_val, y_val, x_test, y_test, VIEWS)
+    thresholds, val_metrics, test_metrics, probs = (result[k] for k in ("thresholds", "validation", "test", "probs"))
     threshold = thresholds[str(product_views)]
     metrics = {
         "selected_epoch": best["epoch"],
@@ -267,10 +253,8 @@ def train(
         "splits": {"fit": amibr.summary(fit), "validation": amibr.summary(val), "test": amibr.summary(test)},
         "train_minutes": (time.time() - t_start) / 60,
     }
-    for n in VIEWS:
-        v, t = val_metrics[f"views_{n}"], test_metrics[f"views_{n}"]
-        log(f"{n} view(s): val BA {v['balanced_accuracy']:.4f} AUROC {v['auroc']:.4f} | test BA {t['balanced_accuracy']:.4f} "
-            f"sens {t['sensitivity']:.4f} spec {t['specificity']:.4f} AUROC {t['auroc']:.4f} @ {v['threshold']:.3f}")
+    for line in ev.views_summary(result):
+        log(line)
 
     checkpoint = {
         "arch": ARCH,
@@ -286,14 +270,9 @@ def train(
         "initialisation": initialisation,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = checkpoint_path.with_name(checkpoint_path.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, checkpoint_path)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_json(metrics, out_dir / "metrics.json")
-    _atomic_json(history, out_dir / "history.json")
+    runtime.save_checkpoint(checkpoint, checkpoint_path)
+    runtime.write_json(metrics, out_dir / "metrics.json")
+    runtime.write_json(history, out_dir / "history.json")
     ev.plot_training_curves(history, out_dir / "curves.png")
     p_val, p_test = probs[product_views]
     ev.plot_threshold_sweep({f"validation, {product_views} views": (y_val, p_val),

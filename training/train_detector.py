@@ -50,7 +50,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from model import build_detector
 from model.unet import stride_for
-from training import adversarial, augment, data, detector_eval, losses, plots
+from training import adversarial, augment, data, detector_eval, losses, plots, runtime
 from training import labels as label_lib
 from training import teacher as teacher_lib
 
@@ -150,7 +150,8 @@ def mosaic_batch(ds: DeviceCrops, groups: torch.Tensor, window: int, g: torch.Ge
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float().div_(255.0)
+    """N x H x W x 3 uint8 (numpy) -> N x 3 x H x W float in [0, 1]."""
+    return augment.to_float(torch.from_numpy(np.ascontiguousarray(images)))
 
 
 def batches(ds: DeviceCrops, batch_size: int, window: int, rng: np.random.Generator, g: torch.Generator,
@@ -181,22 +182,10 @@ def refine_with_teacher(teacher: torch.nn.Module, image: torch.Tensor, labels: t
     return out
 
 
-def device_of(net: torch.nn.Module) -> torch.device:
-    return next(net.parameters()).device
-
-
 def domains_at(domain_map: torch.Tensor, stride: int) -> torch.Tensor:
     """The domain map (N x H x W) sampled at the centres of ``stride`` px cells: the domain of each
     bottleneck position."""
     return domain_map[:, stride // 2 :: stride, stride // 2 :: stride]
-
-
-def mitosis_probability(net: torch.nn.Module, images: np.ndarray) -> np.ndarray:
-    """P(mitosis) for N x H x W x 3 uint8 images (whole, no tiling)."""
-    net.eval()
-    with torch.no_grad():
-        logits = net(to_tensor(images).to(device_of(net)))
-        return torch.softmax(logits, dim=1)[:, label_lib.MITOSIS].cpu().numpy()
 
 
 def validation_mosaics(ds: LabelledCrops, cols: int = 8) -> list[detector_eval.Mosaic]:
@@ -215,7 +204,7 @@ def validate(net: torch.nn.Module, mosaics: list[detector_eval.Mosaic],
     on validation, and stored in the model."""
     net.eval()
     with torch.no_grad():
-        logits = [net(to_tensor(m.image[None]).to(device_of(net))).cpu() for m in mosaics]
+        logits = [net(to_tensor(m.image[None]).to(runtime.device_of(net))).cpu() for m in mosaics]
     best = None
     for t in temperatures:
         parts = []
@@ -256,19 +245,6 @@ def plot_curves(history: list[dict], path: Path) -> None:
     axes[1].legend()
     fig.tight_layout()
     plots.save(fig, path)
-
-
-def save_atomically(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def write_json(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -338,8 +314,7 @@ def main(argv=None) -> int:
         f"extra mitoses in crops: {sum(len(m) - 1 for m in train_ds.mitoses)}")
     val_mosaics = validation_mosaics(val_ds)
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = runtime.resolve_device(args.device)
     log(f"device: {device}")
     config = {"channels": list(args.channels)}
     net = build_detector(**config).to(device)
@@ -432,14 +407,14 @@ def main(argv=None) -> int:
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "sweep": sweep.to_dict(),
             }
-            save_atomically(ckpt, args.checkpoint)
+            runtime.save_checkpoint(ckpt, args.checkpoint)
             detector_eval.plot_sweep(sweep, run_dir / "val_sweep.png", f"validation, epoch {epoch}", threshold)
             log(f"new best (score {record['val_score']:.4f}); threshold {threshold:.2f}: {best['val_at_threshold']}")
             if args.teacher_student and epoch >= args.teacher_from_epoch:
                 teacher = copy.deepcopy(net).eval()  # temperature 1, as trained
                 for p in teacher.parameters():
                     p.requires_grad_(False)
-        write_json({"args": {k: str(v) for k, v in vars(args).items()}, "command": command,
+        runtime.write_json({"args": {k: str(v) for k, v in vars(args).items()}, "command": command,
                     "history": history, "best": best}, run_dir / "metrics.json")
         plot_curves(history, run_dir / "curves.png")
         if args.max_steps and step >= args.max_steps:

@@ -1,0 +1,36 @@
+"""Where training runs and how it writes: the device, and atomic checkpoint/JSON writers (through
+the product's ``write_bytes_atomic``, so that an interrupted run never leaves half a file)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import torch
+
+from mitosis_analysis.outputs import write_bytes_atomic
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda when available, else cpu; anything else (``cpu``, ``cuda``, ``cuda:N``) as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def device_of(net: torch.nn.Module) -> torch.device:
+    """The device a module's parameters live on."""
+    return next(net.parameters()).device
+
+
+def save_checkpoint(obj, path: Path | str) -> None:
+    """``torch.save`` into ``path`` atomically."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(Path(path), buffer.getvalue())
+
+
+def write_json(obj, path: Path | str) -> None:
+    """JSON (indented) into ``path`` atomically."""
+    write_bytes_atomic(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
