@@ -124,6 +124,7 @@ def measure(spec: RunSpec) -> dict:
     """Load the models, then run the pipeline on ``spec.image`` warm-up + repeat times."""
     from mitosis_analysis.classify import extract_crops
     from mitosis_analysis.inference import CUDA, OnnxModel, load_models, select_providers
+    from mitosis_analysis.decision import decide_detections
     from mitosis_analysis.outputs import points_document, to_jsonable, write_json_atomic
     from mitosis_analysis.pipeline import analyse_roi
     from mitosis_analysis.readers import read_roi
@@ -137,11 +138,12 @@ def measure(spec: RunSpec) -> dict:
         models.detector = OnnxModel(Path(spec.fp16_detector), models.manifest.detector, select_providers(settings.device))
     model_load_s = time.perf_counter() - start
     provider = models.provider
-    tile, crop = settings.tile_size, settings.crop_size
+    plan = models.manifest.plan
+    tile, crop = plan.tile_size, plan.crop_size
     classifier_batch = settings.batch_size * 8  # as pipeline.classify_candidates batches
 
     # First calls allocate and (on CUDA) pick kernels: keep them out of every figure.
-    models.mitosis_probability(np.full((settings.batch_size, tile, tile, 3), 200, np.uint8))
+    models.mitosis_logit(np.full((settings.batch_size, tile, tile, 3), 200, np.uint8))
     models.atypical_probability(np.full((classifier_batch, crop, crop, 3), 200, np.uint8))
     rss_after_load = rss_bytes()
 
@@ -157,7 +159,7 @@ def measure(spec: RunSpec) -> dict:
             roi = read_roi(image, settings)
         candidates = analyse_roi(roi, models, settings, timer)
         with timer.stage("write"):
-            document = points_document(candidates, roi.spacing_mm, models.manifest.thresholds.detection)
+            document = points_document(decide_detections(candidates, models.manifest.thresholds), roi.spacing_mm)
             write_json_atomic(Path(spec.output), to_jsonable(document))
         total = time.perf_counter() - begin
         runs.append({
@@ -183,7 +185,7 @@ def measure(spec: RunSpec) -> dict:
     single = crops_per_second(models.atypical_probability, crops[: min(len(crops), 128)], 1)
 
     padded = (max(shape[0], tile), max(shape[1], tile))
-    n_tiles = len(tile_grid(padded[0], padded[1], tile, settings.stride()))
+    n_tiles = len(tile_grid(padded[0], padded[1], tile, plan.stride()))
     megapixels = shape[0] * shape[1] / 1e6
     stages = median_run["stages"]
     end_to_end = median_run["seconds"]
@@ -212,7 +214,7 @@ def measure(spec: RunSpec) -> dict:
         "detector": {
             "tiles": n_tiles,
             "tile_size": tile,
-            "tile_overlap": settings.tile_overlap,
+            "tile_overlap": plan.tile_overlap,
             "tiles_per_s": n_tiles / stages["inference"] if stages["inference"] > 0 else None,
         },
         "classifier": {
@@ -221,7 +223,7 @@ def measure(spec: RunSpec) -> dict:
             "crops_per_s_batched": batched,
             "crops_per_s_single": single,
             "crops_measured": len(crops),
-            "pipeline_tta_views": settings.classifier_tta,
+            "pipeline_tta_views": plan.classifier_views,
         },
         "candidates": median_run["candidates"],
         "mitotic_figures": median_run["mitotic_figures"],

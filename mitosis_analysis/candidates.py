@@ -1,8 +1,14 @@
-"""From a mitosis probability map to scored candidate points, duplicates suppressed.
+"""From a mitosis logit map to scored candidate points, duplicates suppressed.
 
-Connected components of ``p >= floor`` are candidates; each is placed at its probability-weighted
-centroid and scored by its peak probability. Of candidates closer than the suppression radius
-only the best-scoring one is kept (greedy, as non-maximum suppression).
+Candidates are the **local maxima** of the map inside the regions where it reaches the floor (the
+regions only bound the search and each candidate's extent). A plateau of equal maxima counts once,
+at its centre. Each candidate is placed at the probability-weighted centroid of its region's pixels
+within ``centroid_radius`` of the peak (sub-pixel, and stable when the peak pixel is noisy) and
+scored by the peak's logit. Of candidates closer than the suppression radius only the best-scoring
+one is kept (greedy, as non-maximum suppression), so kept candidates are at least that far apart
+and two figures in one region are two candidates.
+
+Scores stay logits here: the threshold is applied by ``decision.py`` alone.
 """
 
 from __future__ import annotations
@@ -13,44 +19,60 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+_NEIGHBOURS = np.ones((3, 3), bool)
+
 
 @dataclass(frozen=True)
 class Candidate:
     x: float  # column of the centroid, px (pixel centres at integer coordinates)
     y: float  # row of the centroid, px
-    score: float  # peak mitosis probability in the component
-    area: int  # pixels in the component
-    p_atypical: float | None = None
+    score: float  # the detector's mitosis logit at the peak
+    area: int  # pixels of the region (map >= floor) the candidate lies in
+    atypical_logit: float | None = None
 
     def moved(self, dx: float, dy: float) -> "Candidate":
         return replace(self, x=self.x + dx, y=self.y + dy)
 
 
-def find_candidates(probability: np.ndarray, floor: float, min_area: int = 1) -> list[Candidate]:
-    """Components of ``probability >= floor`` with at least ``min_area`` pixels.
+def find_candidates(logits: np.ndarray, floor: float, centroid_radius: float = 12.0) -> list[Candidate]:
+    """Local maxima of ``logits`` (H x W) that reach ``floor``, each with its centroid and peak.
 
-    Each component is measured inside its own bounding box, so time and memory follow the
-    components' size rather than the map's (a 7215 x 5412 map: two int32/bool maps, nothing more).
+    Each region of ``logits >= floor`` is measured inside its own bounding box, so time and memory
+    follow the regions' size rather than the map's.
     """
-    labels, n = ndimage.label(probability >= floor)
+    labels, _ = ndimage.label(logits >= floor)
+    reach = int(np.ceil(centroid_radius))
     candidates = []
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
         inside = labels[box] == index
-        area = int(np.count_nonzero(inside))
-        if area < min_area:
+        z = np.where(inside, logits[box], -np.inf).astype(np.float64)
+        peaks = inside & (z == ndimage.maximum_filter(z, size=3, mode="constant", cval=-np.inf))
+        groups, n = ndimage.label(peaks, structure=_NEIGHBOURS)
+        if n == 0:
             continue
-        p = np.where(inside, probability[box], 0.0).astype(np.float64)
-        total = p.sum()
-        rows, cols = p.sum(axis=1), p.sum(axis=0)
-        candidates.append(Candidate(
-            x=float(box[1].start + (cols * np.arange(len(cols))).sum() / total),
-            y=float(box[0].start + (rows * np.arange(len(rows))).sum() / total),
-            score=float(p.max()),
-            area=area,
-        ))
+        area = int(np.count_nonzero(inside))
+        weight = np.where(inside, 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))), 0.0)
+        centres = ndimage.center_of_mass(peaks, groups, range(1, n + 1))
+        values = ndimage.maximum(z, groups, range(1, n + 1))
+        for (py, px), value in zip(centres, values):
+            cx, cy = _weighted_centroid(weight, px, py, centroid_radius, reach)
+            candidates.append(Candidate(x=box[1].start + cx, y=box[0].start + cy, score=float(value), area=area))
     return candidates
+
+
+def _weighted_centroid(weight: np.ndarray, px: float, py: float, radius: float, reach: int) -> tuple[float, float]:
+    """Weighted centroid of ``weight`` within ``radius`` of (px, py), in the array's pixels."""
+    r0, c0 = max(0, int(np.floor(py)) - reach), max(0, int(np.floor(px)) - reach)
+    w = weight[r0 : int(np.ceil(py)) + reach + 1, c0 : int(np.ceil(px)) + reach + 1]
+    rows = np.arange(r0, r0 + w.shape[0], dtype=np.float64)[:, None]
+    cols = np.arange(c0, c0 + w.shape[1], dtype=np.float64)[None, :]
+    w = np.where((rows - py) ** 2 + (cols - px) ** 2 <= radius * radius, w, 0.0)
+    total = w.sum()
+    if total <= 0:
+        return px, py
+    return float((w * cols).sum() / total), float((w * rows).sum() / total)
 
 
 def suppress_duplicates(candidates: list[Candidate], radius: float) -> list[Candidate]:

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from .errors import InputError
-from .log import log
+from .log import error
 
 # command -> (module, one-line help)
 COMMANDS = {
@@ -46,13 +46,13 @@ def guarded(fn, *args) -> int:
     try:
         return int(fn(*args) or 0)
     except InputError as exc:
-        log(f"error: {exc}")
+        error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        log("error: interrupted")
+        error("interrupted")
         return 130
     except MemoryError:
-        log("error: out of memory")
+        error("out of memory")
         return 3
 
 

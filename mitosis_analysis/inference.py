@@ -14,7 +14,7 @@ import numpy as np
 from .errors import InputError
 from .log import log, warn
 from .manifest import Manifest, ModelEntry
-from .settings import MITOSIS_CHANNEL, Settings
+from .settings import Settings
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -81,9 +81,9 @@ class Models:
     def provider(self) -> str:
         return self.detector.provider
 
-    def mitosis_probability(self, tiles: np.ndarray) -> np.ndarray:
-        """N x T x T x 3 uint8 tiles -> N x T x T float32 probability of the mitosis class."""
-        return self.detector(tiles)[:, MITOSIS_CHANNEL]
+    def mitosis_logit(self, tiles: np.ndarray) -> np.ndarray:
+        """N x T x T x 3 uint8 tiles -> N x T x T float32 mitosis logit (log-odds against the rest)."""
+        return np.asarray(self.detector(tiles), dtype=np.float32).reshape(len(tiles), *tiles.shape[1:3])
 
     def atypical_probability(self, crops: np.ndarray) -> np.ndarray:
         """N x S x S x 3 uint8 crops -> N float32 P(atypical)."""

@@ -1,13 +1,23 @@
 """The weights manifest: what the ONNX files are, how to feed them, and where they came from.
 
 ``export.sh`` writes ``weights/manifest.json``; ``process.py`` reads it and refuses weights whose
-sha256 does not match. Operating thresholds live here because they belong to the weights.
+sha256 does not match. The *inference plan* lives here too, as nnU-Net binds its plans to a model:
+tiling, candidate extraction, suppression radius, classifier views and the operating thresholds
+are what the thresholds were tuned under, so they travel with the weights and the environment
+cannot change them (``settings.py`` holds only run-time knobs: device, batch sizes, paths).
+
+Thresholds are **logits** (log-odds): the decisions are made in logit space, where scores do not
+crowd against 1 and float16/float32 rounding cannot flip them. ``decision.py`` applies them, in
+one place; the probabilities written out are ``sigmoid(logit - threshold)``, so every operating
+threshold sits at probability 0.5.
 
 Model I/O contract (both models):
   input  ``image``: float32, NCHW, RGB scaled to [0, 1]; normalisation (mean/std) happens inside
          the graph and is recorded here for information only.
-  detector output ``probabilities``: float32 N x 4 x H x W softmax over SEGMENTATION_CLASSES.
-  classifier output ``p_atypical``: float32 N, the probability that the crop is atypical.
+  detector output ``mitosis_logit``: float32 N x H x W, log-odds of the mitosis class against the
+         three others, ``z_mitosis - logsumexp(z_others)`` of the 4-class segmentation logits.
+  classifier output ``p_atypical``: float32 N, the probability that the crop is atypical (turned
+         into a logit in float64 by ``decision.logit``).
 """
 
 from __future__ import annotations
@@ -44,10 +54,43 @@ class ModelEntry(BaseModel):
 
 
 class Thresholds(BaseModel):
-    # A candidate whose mitosis score reaches this is a "mitotic figure".
-    detection: float = Field(ge=0.0, le=1.0)
-    # A figure whose P(atypical) reaches this is "atypical".
-    atypical: float = Field(ge=0.0, le=1.0)
+    """Operating points, as logits (log-odds); applied only by ``decision.py``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A candidate whose mitosis logit reaches this is a "mitotic figure".
+    detection_logit: float = Field(allow_inf_nan=False)
+    # Candidates below this mitosis logit are not reported at all (not even "non-mitotic figure").
+    candidate_floor_logit: float = Field(allow_inf_nan=False)
+    # A crop whose atypical logit reaches this is "atypical".
+    atypical_logit: float = Field(allow_inf_nan=False)
+
+
+class InferencePlan(BaseModel):
+    """How the models are run: what the thresholds were tuned under (bound to the weights)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tile_size: int = Field(default=512, ge=32)
+    tile_overlap: float = Field(default=0.5, ge=0.0, lt=1.0)
+    # Two detections closer than this are the same figure (the challenge's matching radius).
+    suppression_radius_mm: float = Field(default=0.0075, gt=0)
+    # A candidate's position: the probability-weighted centroid of the map within this radius of
+    # its peak (the figure's extent), instead of the peak pixel alone.
+    centroid_radius_mm: float = Field(default=0.003, gt=0)
+    # Tiles with less tissue than this fraction are not inferred.
+    min_tissue_fraction: float = Field(default=0.01, ge=0.0, le=1.0)
+    # Images whose spacing differs from the models' by more than this are resampled.
+    spacing_tolerance: float = Field(default=0.1, ge=0.0)
+    crop_size: int = Field(default=128, ge=8)
+    # Test-time augmentation of the classifier by flips (1 = off, 2, 4 or 8 views).
+    classifier_views: Literal[1, 2, 4, 8] = 4
+    # Classify every candidate, not only the "mitotic figures".
+    classify_all_candidates: bool = False
+
+    def stride(self) -> int:
+        """Largest step between tile starts for the overlap (512 px, 50 % -> 256)."""
+        return max(1, round(self.tile_size * (1.0 - self.tile_overlap)))
 
 
 class Provenance(BaseModel):
@@ -62,10 +105,11 @@ class Provenance(BaseModel):
 
 
 class Manifest(BaseModel):
-    format_version: Literal[1] = 1
+    format_version: Literal[2] = 2
     spacing_mm: float = Field(gt=0, description="pixel spacing the models were trained at, mm")
     detector: ModelEntry
     classifier: ModelEntry
+    plan: InferencePlan = InferencePlan()
     thresholds: Thresholds
     provenance: Provenance
 

@@ -8,27 +8,35 @@ import tempfile
 from pathlib import Path
 from typing import Literal, Sequence
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from .candidates import Candidate
+from .decision import CropDecision, Detection
 from .errors import InputError
 from .settings import POINT_NAME_MITOSIS, POINT_NAME_REJECTED
 
 
 class Version(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     major: int = 1
     minor: int = 0
 
 
 class Point(BaseModel):
+    """One point of a grand-challenge "Multiple points" value. The platform's schema
+    (``INTERFACE_VALUE_SCHEMA``, definition ``point-object``) forbids any other key."""
+
+    model_config = ConfigDict(extra="forbid")
+
     name: Literal["mitotic figure", "non-mitotic figure"]
     point: tuple[float, float, float]  # x_mm, y_mm, 0
     probability: float = Field(ge=0.0, le=1.0)
-    atypical_probability: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
 class MultiplePoints(BaseModel):
-    """Track 1: ``mitotic-figures.json``."""
+    """Track 1: ``mitotic-figures.json`` (grand-challenge kind "Multiple points", ``MPOI``)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     name: Literal["Points of interest"] = "Points of interest"
     type: Literal["Multiple points"] = "Multiple points"
@@ -39,47 +47,59 @@ class MultiplePoints(BaseModel):
 class CropClass(BaseModel):
     """Track 2: one entry of ``multiple-mitotic-figure-classification.json``.
 
-    ``confidence`` is the probability of the *predicted* class, as the MIDOG 2025 Track 2
-    evaluator reads it (P(atypical) = confidence if class is "atypical" else 1 - confidence);
-    ``atypical_probability`` states P(atypical) directly for other consumers.
+    ``confidence`` is P(atypical), as the MIDOG 2025 Track 2 evaluation reads it since its commit
+    2d1b108 (2025-07-27, "confidence is now only the confidence for atypical"), centred on the
+    operating threshold (``decision.py``): class "atypical" exactly when confidence >= 0.5.
     """
 
-    model_config = {"populate_by_name": True}
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     class_: Literal["normal", "atypical"] = Field(alias="class")
     confidence: float = Field(ge=0.0, le=1.0)
-    atypical_probability: float = Field(ge=0.0, le=1.0)
 
 
-def points_document(
-    candidates: Sequence[Candidate], spacing_mm: tuple[float, float], detection_threshold: float
-) -> MultiplePoints:
-    """Candidates (px) -> challenge points (mm). Those under the threshold are kept as
-    "non-mitotic figure" so that FROC/AP can use them."""
+class PointDetails(BaseModel):
+    """One point of the opt-in ``mitotic-figures-details.json`` (not a socket file)."""
+
+    name: Literal["mitotic figure", "non-mitotic figure"]
+    point: tuple[float, float, float]
+    probability: float
+    logit: float
+    atypical_probability: float | None
+    atypical_logit: float | None
+    atypical: bool
+
+
+def points_document(detections: Sequence[Detection], spacing_mm: tuple[float, float]) -> MultiplePoints:
+    """Decided detections (px) -> challenge points (mm). Candidates under the threshold stay as
+    "non-mitotic figure" so that the challenge's FROC and AP can use them."""
+    sx, sy = spacing_mm
+    return MultiplePoints(points=[
+        Point(name=POINT_NAME_MITOSIS if d.is_mitosis else POINT_NAME_REJECTED,
+              point=(float(d.x * sx), float(d.y * sy), 0.0), probability=_unit(d.probability))
+        for d in detections
+    ])
+
+
+def details_document(detections: Sequence[Detection], spacing_mm: tuple[float, float], thresholds: dict) -> dict:
+    """The opt-in extra Track 1 file: every point with its logits and P(atypical)."""
     sx, sy = spacing_mm
     points = [
-        Point(
-            name=POINT_NAME_MITOSIS if c.score >= detection_threshold else POINT_NAME_REJECTED,
-            point=(c.x * sx, c.y * sy, 0.0),
-            probability=_unit(c.score),
-            atypical_probability=None if c.p_atypical is None else _unit(c.p_atypical),
-        )
-        for c in sorted(candidates, key=lambda c: (-c.score, c.y, c.x))
+        PointDetails(
+            name=POINT_NAME_MITOSIS if d.is_mitosis else POINT_NAME_REJECTED,
+            point=(float(d.x * sx), float(d.y * sy), 0.0), probability=_unit(d.probability), logit=d.logit,
+            atypical_probability=None if d.atypical_probability is None else _unit(d.atypical_probability),
+            atypical_logit=d.atypical_logit, atypical=d.is_atypical,
+        ).model_dump()
+        for d in detections
     ]
-    return MultiplePoints(points=points)
+    return {"thresholds": thresholds, "points": points}
 
 
-def classification_document(p_atypical: Sequence[float], threshold: float) -> list[CropClass]:
-    """One entry per crop: "atypical" when P(atypical) reaches ``threshold``."""
-    entries = []
-    for p in map(_unit, p_atypical):
-        atypical = p >= threshold
-        entries.append(CropClass(
-            class_="atypical" if atypical else "normal",
-            confidence=p if atypical else 1.0 - p,
-            atypical_probability=p,
-        ))
-    return entries
+def classification_document(decisions: Sequence[CropDecision]) -> list[CropClass]:
+    """One entry per crop, in stack order."""
+    return [CropClass(class_="atypical" if d.is_atypical else "normal", confidence=_unit(d.probability))
+            for d in decisions]
 
 
 def to_jsonable(document: BaseModel | list[BaseModel]) -> object:
@@ -125,4 +145,5 @@ def check_writable(folder: Path) -> None:
 
 
 def _unit(p: float) -> float:
-    return float(min(1.0, max(0.0, p)))
+    """A Python float in [0, 1] (the Track 2 evaluation rejects anything but a float)."""
+    return float(min(1.0, max(0.0, float(p))))

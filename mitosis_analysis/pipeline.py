@@ -13,6 +13,7 @@ import numpy as np
 
 from .candidates import Candidate, find_candidates, suppress_duplicates
 from .classify import classify_crops, extract_crops
+from .decision import logit
 from .inference import Models
 from .readers import RoiImage, resize_bilinear
 from .log import warn
@@ -23,65 +24,73 @@ from .timing import StageTimer
 from .tissue import tissue_fraction
 
 
-def mitosis_probability_map(
+# The logit given to pixels that no inferred tile covers (blank glass): far below any floor.
+GLASS_LOGIT = -30.0
+
+
+def mitosis_logit_map(
     pixels: np.ndarray, models: Models, settings: Settings, timer: StageTimer | None = None
 ) -> np.ndarray:
-    """H x W float32 probability of the mitosis class, tiles blended with Gaussian weights.
+    """H x W float32 mitosis logit, tiles blended with Gaussian weights (the manifest's plan).
 
-    Tiles with (almost) no tissue are skipped and count as probability 0.
+    Tiles with (almost) no tissue are not inferred and take no part in the blending; pixels that
+    no inferred tile covers get ``GLASS_LOGIT``.
     """
     timer = timer or StageTimer()
+    plan = models.manifest.plan
     height, width = pixels.shape[:2]
-    tile = settings.tile_size
+    tile = plan.tile_size
     with timer.stage("tiling"):
         padded = pad_to_tile(pixels, tile)
-        tiles = tile_grid(padded.shape[0], padded.shape[1], tile, settings.stride())
+        tiles = tile_grid(padded.shape[0], padded.shape[1], tile, plan.stride())
         stitcher = Stitcher(padded.shape[0], padded.shape[1], tile)
     for batch_tiles, batch in iter_batches(padded, tiles, tile, settings.batch_size):
         with timer.stage("tiling"):
-            keep = np.array([tissue_fraction(t) >= settings.min_tissue_fraction for t in batch])
+            keep = np.array([tissue_fraction(t) >= plan.min_tissue_fraction for t in batch])
+        if not keep.any():
+            continue
         with timer.stage("inference"):
-            probs = np.zeros(batch.shape[:3], np.float32)
-            if keep.any():
-                probs[keep] = models.mitosis_probability(batch[keep])
+            logits = models.mitosis_logit(batch[keep])
         with timer.stage("stitching"):
-            stitcher.add(batch_tiles, probs)
+            stitcher.add([t for t, k in zip(batch_tiles, keep) if k], logits)
     with timer.stage("stitching"):
-        return stitcher.result(height, width)
+        return stitcher.result(height, width, empty=GLASS_LOGIT)
 
 
 def detect_candidates(
     pixels: np.ndarray, models: Models, settings: Settings, timer: StageTimer | None = None
 ) -> list[Candidate]:
-    """Scored candidates (mitosis probability >= the floor), duplicates within the NMS radius
-    removed. ``pixels`` must be at the models' spacing."""
+    """Scored candidates (local maxima of the mitosis logit at or above the manifest's floor),
+    duplicates within the suppression radius removed. ``pixels`` must be at the models' spacing."""
     timer = timer or StageTimer()
-    probability = mitosis_probability_map(pixels, models, settings, timer)
+    manifest = models.manifest
+    logits = mitosis_logit_map(pixels, models, settings, timer)
     with timer.stage("postprocessing"):
-        candidates = find_candidates(probability, settings.candidate_floor, settings.min_candidate_area_px)
-        radius_px = settings.nms_radius_mm / models.manifest.spacing_mm
-        return suppress_duplicates(candidates, radius_px)
+        candidates = find_candidates(logits, manifest.thresholds.candidate_floor_logit,
+                                     manifest.plan.centroid_radius_mm / manifest.spacing_mm)
+        return suppress_duplicates(candidates, manifest.plan.suppression_radius_mm / manifest.spacing_mm)
 
 
 def classify_candidates(
     pixels: np.ndarray, candidates: list[Candidate], models: Models, settings: Settings,
     timer: StageTimer | None = None,
 ) -> list[Candidate]:
-    """Candidates with ``p_atypical`` from a crop centred on each (``pixels`` at model spacing).
+    """Candidates with ``atypical_logit`` from a crop centred on each (``pixels`` at model spacing).
 
     Only the candidates that reach the detection threshold (the "mitotic figures") are classified,
-    unless ``settings.classify_all_candidates``: the others stay ``p_atypical=None``. Atypia is a
-    property of mitoses, and a synthetic or noisy ROI can hold thousands of low-score candidates.
+    unless the plan's ``classify_all_candidates``: the others stay ``atypical_logit=None``. Atypia
+    is a property of mitoses, and a noisy ROI can hold thousands of low-score candidates.
     """
     timer = timer or StageTimer()
-    threshold = 0.0 if settings.classify_all_candidates else models.manifest.thresholds.detection
+    plan = models.manifest.plan
+    threshold = -np.inf if plan.classify_all_candidates else models.manifest.thresholds.detection_logit
     chosen = [i for i, c in enumerate(candidates) if c.score >= threshold]
     with timer.stage("classification"):
         centres = np.array([[candidates[i].x, candidates[i].y] for i in chosen], np.float64).reshape(-1, 2)
-        p = classify_stack(extract_crops(pixels, centres, settings.crop_size), models, settings)
+        z = classify_stack(extract_crops(pixels, centres, plan.crop_size), models, settings)
     result = list(candidates)
-    for i, pi in zip(chosen, p):
-        result[i] = replace(result[i], p_atypical=float(pi))
+    for i, zi in zip(chosen, z):
+        result[i] = replace(result[i], atypical_logit=float(zi))
     return result
 
 
@@ -92,7 +101,7 @@ def analyse_roi(roi: RoiImage, models: Models, settings: Settings, timer: StageT
     models' spacing first (said on stderr) and the points are mapped back.
     """
     timer = timer or StageTimer()
-    pixels, scale = at_model_spacing(roi, models.manifest.spacing_mm, settings)
+    pixels, scale = at_model_spacing(roi, models.manifest.spacing_mm, models.manifest.plan.spacing_tolerance)
     candidates = detect_candidates(pixels, models, settings, timer)
     candidates = classify_candidates(pixels, candidates, models, settings, timer)
     if scale != (1.0, 1.0):
@@ -101,16 +110,18 @@ def analyse_roi(roi: RoiImage, models: Models, settings: Settings, timer: StageT
 
 
 def classify_stack(crops: np.ndarray, models: Models, settings: Settings) -> np.ndarray:
-    """P(atypical) per crop (N x S x S x 3 uint8), batched and with the flip TTA of ``settings``:
-    Track 2's stacks and Track 1's crops around candidates alike."""
-    return classify_crops(models.atypical_probability, crops, settings.classifier_batch_size, settings.classifier_tta)
+    """Atypical logit per crop (N x S x S x 3 uint8; float64): the mean P(atypical) over the
+    plan's flip views, batched, as a logit. Track 2's stacks and Track 1's crops alike."""
+    p = classify_crops(models.atypical_probability, crops, settings.classifier_batch_size,
+                       models.manifest.plan.classifier_views)
+    return logit(p)
 
 
-def at_model_spacing(roi: RoiImage, model_spacing_mm: float, settings: Settings) -> tuple[np.ndarray, tuple[float, float]]:
+def at_model_spacing(roi: RoiImage, model_spacing_mm: float, tolerance: float) -> tuple[np.ndarray, tuple[float, float]]:
     """The ROI's pixels at the models' spacing, and the (x, y) factors from model pixels back to
     ROI pixels (1.0 when no resampling was needed)."""
     fx, fy = (model_spacing_mm / s for s in roi.spacing_mm)  # ROI px per model px
-    if abs(fx - 1) <= settings.spacing_tolerance and abs(fy - 1) <= settings.spacing_tolerance:
+    if abs(fx - 1) <= tolerance and abs(fy - 1) <= tolerance:
         return roi.pixels, (1.0, 1.0)
     h, w = roi.shape
     shape = (max(1, round(h / fy)), max(1, round(w / fx)))

@@ -2,10 +2,11 @@
 
 Interface slugs, folder and file names follow the grand-challenge MIDOG containers; the
 numeric defaults follow the challenge protocol (0.25 um/px, 7.5 um matching radius) and the
-product's tiling (512 px tiles, 50 % overlap). Operating thresholds are *not* here: they
-belong to the trained weights and live in ``weights/manifest.json`` (see ``manifest.py``).
+product's tiling. Operating thresholds and everything they were tuned under (tiling, candidate
+extraction, suppression radius, classifier views) are *not* here: they belong to the trained
+weights and live in ``weights/manifest.json`` (``manifest.InferencePlan``, ``manifest.Thresholds``).
 
-Every field can be overridden from the environment with the prefix ``MITOSIS_``
+Every run-time field can be overridden from the environment with the prefix ``MITOSIS_``
 (e.g. ``MITOSIS_BATCH_SIZE=16``, ``MITOSIS_DEVICE=cpu``).
 """
 
@@ -15,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -51,57 +52,79 @@ DETECTOR_FILE = "detector.onnx"
 CLASSIFIER_FILE = "classifier.onnx"
 MANIFEST_FILE = "manifest.json"
 
-# Labels of the four segmentation classes, index = channel of the detector output.
+# Labels of the detector's four segmentation classes (training channels; the exported graph
+# reduces them to one mitosis logit, see manifest.py).
 SEGMENTATION_CLASSES = ("background", "normal nucleus", "mitosis", "hard negative")
 MITOSIS_CHANNEL = SEGMENTATION_CLASSES.index("mitosis")
 
 POINT_NAME_MITOSIS = "mitotic figure"
 POINT_NAME_REJECTED = "non-mitotic figure"
+DETAILS_FILE = "mitotic-figures-details.json"  # opt-in extra Track 1 output (Settings.write_details)
 
 
 class Settings(BaseModel):
-    """Run-time knobs. Defaults are the product's; the environment may override them."""
+    """Run-time knobs. Defaults are the product's; the environment may override them.
 
-    model_config = ConfigDict(frozen=True)
+    What the operating thresholds were tuned under (tiling, candidate extraction, suppression
+    radius, classifier views) is *not* here: it is the inference plan of the weights
+    (``manifest.InferencePlan``), and ``MITOSIS_*`` variables naming it are refused.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     weights_dir: Path = REPO_ROOT / "weights"
     # Pixel spacing assumed when an image carries none (or a meaningless 1.0), in mm.
-    default_spacing_mm: float = 0.00025
+    default_spacing_mm: float = Field(default=0.00025, gt=0)
     # Spacings outside this range are treated as "not given" (SimpleITK writes 1.0 by default).
     plausible_spacing_mm: tuple[float, float] = (0.00005, 0.005)
-    tile_size: int = 512
-    tile_overlap: float = Field(default=0.5, ge=0.0, lt=1.0)
-    batch_size: int = Field(default=8, ge=1)
-    # Two detections closer than this are the same figure (challenge matching radius).
-    nms_radius_mm: float = 0.0075
-    crop_size: int = 128
-    classifier_batch_size: int = 64
-    # Classify every candidate, not only those that reach the detection threshold.
-    classify_all_candidates: bool = False
-    # Candidates below this mitosis probability are not even reported as "non-mitotic figure".
-    candidate_floor: float = 0.1
-    # Connected components smaller than this (in pixels at the model spacing) are noise.
-    min_candidate_area_px: int = 12
-    # Tiles with less tissue than this fraction are not inferred (their probability is 0).
-    min_tissue_fraction: float = 0.01
-    # Images whose spacing differs from the models' by more than this are resampled.
-    spacing_tolerance: float = 0.1
+    batch_size: int = Field(default=8, ge=1, le=1024)
+    classifier_batch_size: int = Field(default=64, ge=1, le=4096)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Test-time augmentation of the classifier by flips (1 = off, 2, 4 or 8 views).
-    classifier_tta: Literal[1, 2, 4, 8] = 4
     verify_weights: bool = True
-
-    def stride(self) -> int:
-        """Largest step between tile starts for the requested overlap (512 px, 50 % -> 256)."""
-        return max(1, round(self.tile_size * (1.0 - self.tile_overlap)))
+    # Track 1: also write ``mitotic-figures-details.json`` (P(atypical) and logits per point), an
+    # extra file that is not a grand-challenge socket. Off by default.
+    write_details: bool = False
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
-        """Defaults, then ``MITOSIS_*`` environment variables, then explicit overrides."""
+        """Defaults, then ``MITOSIS_*`` environment variables, then explicit overrides.
+
+        A malformed value, or a variable naming a setting of the weights' inference plan, is an
+        ``InputError`` (one line, exit 2)."""
+        from .errors import InputError
+        from .manifest import InferencePlan, Thresholds
+
         values: dict = {}
-        for name, field in cls.model_fields.items():
-            raw = os.environ.get(f"MITOSIS_{name.upper()}")
-            if raw is not None:
+        env_names: dict[str, str] = {}
+        planned = set(InferencePlan.model_fields) | set(Thresholds.model_fields) | set(_RETIRED)
+        for key, raw in sorted(os.environ.items()):
+            if not key.startswith("MITOSIS_"):
+                continue
+            name = key[len("MITOSIS_"):].lower()
+            if name in cls.model_fields:
                 values[name] = raw
+                env_names[name] = key
+            elif name in planned:
+                raise InputError(
+                    f"{key}: {_RETIRED.get(name, name)} belongs to the weights' inference plan "
+                    "(weights/manifest.json, 'plan' and 'thresholds'), which the environment cannot change"
+                )
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(values)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            name = str(first["loc"][0]) if first["loc"] else "?"
+            where = env_names.get(name, f"--{name.replace('_', '-')}" if name in overrides else name)
+            shown = repr(values.get(name)).replace("\n", " ")
+            raise InputError(f"{where}={shown}: {first['msg']}") from None
+
+
+# Former settings that are now part of the inference plan (name -> what to say).
+_RETIRED = {
+    "tile_size": "tile_size", "tile_overlap": "tile_overlap", "nms_radius_mm": "the suppression radius",
+    "crop_size": "crop_size", "classify_all_candidates": "classify_all_candidates",
+    "candidate_floor": "the candidate floor", "min_candidate_area_px": "candidate extraction",
+    "min_tissue_fraction": "min_tissue_fraction", "spacing_tolerance": "spacing_tolerance",
+    "classifier_tta": "the classifier's views",
+}

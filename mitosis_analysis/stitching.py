@@ -27,11 +27,12 @@ class Stitcher:
             self.numerator[region] += w * p
             self.denominator[region] += w
 
-    def result(self, height: int, width: int) -> np.ndarray:
-        """The blended map cropped to ``height`` x ``width`` (the unpadded image)."""
+    def result(self, height: int, width: int, empty: float = 0.0) -> np.ndarray:
+        """The blended map cropped to ``height`` x ``width`` (the unpadded image); pixels that no
+        added tile covers (tiles left out as glass) get ``empty``."""
         num = self.numerator[:height, :width]
         den = self.denominator[:height, :width]
-        if not np.all(den > 0):
-            raise RuntimeError("stitching left pixels without any tile: tiling bug")
-        np.divide(num, den, out=num)
+        covered = den > 0
+        np.divide(num, den, out=num, where=covered)
+        num[~covered] = empty
         return num

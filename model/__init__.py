@@ -8,8 +8,8 @@ Two model kinds, each built from the ``config`` dict stored in its checkpoint:
 
 Both normalise (mean/std, buffers named ``mean`` and ``std``) inside the module.
 ``for_export(kind, module)`` wraps a module so that it produces exactly what the product consumes
-(``mitosis_analysis/manifest.py``): softmax probabilities for the detector, P(atypical) of shape (N,)
-for the classifier.
+(``mitosis_analysis/manifest.py``): the mitosis logit (N x H x W, log-odds of the mitosis class
+against the three others) for the detector, P(atypical) of shape (N,) for the classifier.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "detector": build_detector,
     "classifier": build_classifier,
 }
-OUTPUT_NAMES = {"detector": "probabilities", "classifier": "p_atypical"}
+OUTPUT_NAMES = {"detector": "mitosis_logit", "classifier": "p_atypical"}
+MITOSIS_CHANNEL = 2  # index of "mitosis" in mitosis_analysis.settings.SEGMENTATION_CLASSES
 
 
 def build(kind: str, **config) -> nn.Module:
@@ -38,15 +39,23 @@ def build(kind: str, **config) -> nn.Module:
     return builder(**dict(config))
 
 
+def mitosis_logit(logits: torch.Tensor) -> torch.Tensor:
+    """N x 4 x H x W class logits -> N x H x W log-odds of mitosis against the other three:
+    ``z_mitosis - logsumexp(z_others)`` = ``log(p_mitosis / (1 - p_mitosis))`` of their softmax,
+    without ever forming a probability that could saturate at 1."""
+    others = [c for c in range(logits.shape[1]) if c != MITOSIS_CHANNEL]
+    return logits[:, MITOSIS_CHANNEL] - torch.logsumexp(logits[:, others], dim=1)
+
+
 class DetectorForExport(nn.Module):
-    """Logits -> softmax over the four segmentation classes."""
+    """Class logits -> the mitosis logit map (what the product's decisions are made on)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(image), dim=1)
+        return mitosis_logit(self.net(image))
 
 
 class ClassifierForExport(nn.Module):
@@ -65,4 +74,4 @@ def for_export(kind: str, net: nn.Module) -> nn.Module:
     return wrapper(net).eval()
 
 
-__all__ = ["BUILDERS", "OUTPUT_NAMES", "build", "build_classifier", "build_detector", "for_export"]
+__all__ = ["BUILDERS", "OUTPUT_NAMES", "build", "build_classifier", "build_detector", "for_export", "mitosis_logit"]

@@ -14,14 +14,14 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 def synthetic_weights(tmp_path_factory) -> Path:
     from synthetic_models import write_weights
 
-    return write_weights(tmp_path_factory.mktemp("weights"))
+    return write_weights(tmp_path_factory.mktemp("weights"), classifier_views=1)
 
 
 @pytest.fixture()
 def settings(synthetic_weights):
     from mitosis_analysis.settings import Settings
 
-    return Settings(weights_dir=synthetic_weights, device="cpu", batch_size=4, classifier_tta=1)
+    return Settings(weights_dir=synthetic_weights, device="cpu", batch_size=4)
 
 
 @pytest.fixture()

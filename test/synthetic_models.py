@@ -1,8 +1,8 @@
 """Tiny hand-written ONNX models with known behaviour, for exact-coordinate tests.
 
-detector:  P(mitosis) = sigmoid(SHARPNESS * (DARK - mean(RGB))) per pixel, so a dark disk on a
-           pink background becomes one component centred on the disk; the other three classes
-           share the rest. Same I/O contract as the real detector (manifest.py).
+detector:  mitosis logit = SHARPNESS * (DARK - mean(RGB)) per pixel (P(mitosis) = its sigmoid), so a
+           dark disk on a pink background becomes one plateau of maxima centred on the disk.
+           Same I/O contract as the real detector (manifest.py: ``mitosis_logit``, N x H x W).
 classifier: P(atypical) = mean of the green channel over the crop (so tests can steer it).
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from mitosis_analysis.decision import logit
 from mitosis_analysis.manifest import sha256_file
 
 DARK = 0.3  # mean RGB (0..1) under which a pixel is "mitosis"
@@ -28,22 +29,16 @@ def _const(name: str, value: float):
 
 def detector_model() -> onnx.ModelProto:
     nodes = [
-        helper.make_node("ReduceMean", ["image"], ["gray"], axes=[1], keepdims=1),
+        helper.make_node("ReduceMean", ["image"], ["gray"], axes=[1], keepdims=0),
         _const("dark", DARK),
         _const("k", SHARPNESS),
-        _const("one", 1.0),
-        _const("third", 1.0 / 3.0),
         helper.make_node("Sub", ["dark", "gray"], ["d"]),
-        helper.make_node("Mul", ["d", "k"], ["z"]),
-        helper.make_node("Sigmoid", ["z"], ["p"]),
-        helper.make_node("Sub", ["one", "p"], ["q"]),
-        helper.make_node("Mul", ["q", "third"], ["rest"]),
-        helper.make_node("Concat", ["rest", "rest", "p", "rest"], ["probabilities"], axis=1),
+        helper.make_node("Mul", ["d", "k"], ["mitosis_logit"]),
     ]
     graph = helper.make_graph(
         nodes, "synthetic_detector",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4, "H", "W"])],
+        [helper.make_tensor_value_info("mitosis_logit", TensorProto.FLOAT, ["N", "H", "W"])],
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
 
@@ -62,11 +57,14 @@ def classifier_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
 
 
-def write_weights(folder: Path, detection: float = 0.5, atypical: float = 0.5) -> Path:
-    """Write both models and a valid manifest into ``folder``; returns ``folder``."""
+def write_weights(folder: Path, detection: float = 0.5, atypical: float = 0.5, floor: float = 0.1,
+                  **plan) -> Path:
+    """Write both models and a valid manifest into ``folder``; returns ``folder``. The thresholds
+    are given as probabilities (the manifest stores their logits); ``plan`` overrides fields of
+    the inference plan."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = {}
-    for role, model, out, size in (("detector", detector_model(), "probabilities", 512),
+    for role, model, out, size in (("detector", detector_model(), "mitosis_logit", 512),
                                    ("classifier", classifier_model(), "p_atypical", 128)):
         path = folder / f"{role}.onnx"
         onnx.save(model, path)
@@ -76,8 +74,9 @@ def write_weights(folder: Path, detection: float = 0.5, atypical: float = 0.5) -
         }
     entries["detector"]["classes"] = ["background", "normal nucleus", "mitosis", "hard negative"]
     manifest = {
-        "spacing_mm": 0.00025, **entries,
-        "thresholds": {"detection": detection, "atypical": atypical},
+        "format_version": 2, "spacing_mm": 0.00025, **entries, "plan": plan,
+        "thresholds": {"detection_logit": float(logit(detection)), "candidate_floor_logit": float(logit(floor)),
+                       "atypical_logit": float(logit(atypical))},
         "provenance": {"trained": False, "command": "test/synthetic_models.py", "data": "none"},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))

@@ -5,32 +5,56 @@ from mitosis_analysis.candidates import Candidate, find_candidates, suppress_dup
 from mitosis_analysis.classify import classify_crops, extract_crops, tta_views
 
 
-def blob(shape, cx, cy, r, value=0.9):
+BACKGROUND = -10.0  # logit of plain tissue
+
+
+def blob(shape, cx, cy, r, value=5.0, background=BACKGROUND):
+    """A disk of constant logit ``value`` (a plateau of maxima) on a flat background."""
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
-    return np.where((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r, value, 0.0).astype(np.float32)
+    return np.where((xx - cx) ** 2 + (yy - cy) ** 2 <= r * r, value, background).astype(np.float32)
 
 
-def test_centroids_scores_and_areas_are_exact():
-    p = blob((100, 120), 30, 40, 5, 0.9) + blob((100, 120), 90.5, 70.5, 3, 0.6)
-    cands = sorted(find_candidates(p, floor=0.5), key=lambda c: c.x)
+def cone(shape, cx, cy, peak, slope=1.0):
+    """A single sharp maximum ``peak`` at (cx, cy), falling linearly with distance."""
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return (peak - slope * np.hypot(xx - cx, yy - cy)).astype(np.float32)
+
+
+def test_plateaus_give_one_candidate_at_their_centre_with_exact_score_and_area():
+    z = np.maximum(blob((100, 120), 30, 40, 5, 4.0), blob((100, 120), 90.5, 70.5, 3, 1.5))
+    cands = sorted(find_candidates(z, floor=0.0), key=lambda c: c.x)
     assert len(cands) == 2
-    assert (cands[0].x, cands[0].y, cands[0].score) == pytest.approx((30, 40, 0.9))
-    assert (cands[1].x, cands[1].y, cands[1].score) == pytest.approx((90.5, 70.5, 0.6))
-    assert cands[0].area == np.count_nonzero(blob((100, 120), 30, 40, 5))
+    assert (cands[0].x, cands[0].y, cands[0].score) == pytest.approx((30, 40, 4.0))
+    assert (cands[1].x, cands[1].y, cands[1].score) == pytest.approx((90.5, 70.5, 1.5))
+    assert cands[0].area == np.count_nonzero(blob((100, 120), 30, 40, 5) > 0)
 
 
-def test_centroid_is_probability_weighted():
-    p = np.zeros((10, 10), np.float32)
-    p[5, 2], p[5, 3] = 0.9, 0.3
-    (c,) = find_candidates(p, floor=0.2)
-    assert c.x == pytest.approx((2 * 0.9 + 3 * 0.3) / 1.2) and c.y == 5 and c.area == 2
+def test_two_maxima_in_one_region_are_two_candidates():
+    # one region above the floor (the cones overlap), two peaks 40 px (10 um) apart
+    z = np.maximum(cone((80, 160), 50, 40, 6.0, 0.2), cone((80, 160), 90, 40, 5.0, 0.2))
+    cands = sorted(find_candidates(z, floor=0.0, centroid_radius=3.0), key=lambda c: c.x)
+    assert len(cands) == 2 and cands[0].area == cands[1].area  # same region
+    assert (cands[0].x, cands[0].y, cands[0].score) == pytest.approx((50, 40, 6.0), abs=1e-6)
+    assert (cands[1].x, cands[1].y, cands[1].score) == pytest.approx((90, 40, 5.0), abs=1e-6)
 
 
-def test_floor_and_min_area_filter():
-    p = blob((50, 50), 10, 10, 4, 0.9) + blob((50, 50), 40, 40, 1, 0.9)
-    assert len(find_candidates(p, floor=0.95)) == 0
-    assert len(find_candidates(p, floor=0.5, min_area=10)) == 1
-    assert find_candidates(np.zeros((8, 8), np.float32), 0.1) == []
+def test_centroid_is_probability_weighted_within_the_radius():
+    z = np.full((10, 12), BACKGROUND, np.float32)
+    z[5, 2], z[5, 3] = 3.0, 1.0  # one region; peak at x=2
+    z[5, 9] = 2.0  # another region, beyond the centroid radius of the first peak
+    w2, w3 = 1 / (1 + np.exp(-3.0)), 1 / (1 + np.exp(-1.0))
+    cands = sorted(find_candidates(z, floor=0.5, centroid_radius=2.0), key=lambda c: c.x)
+    assert len(cands) == 2
+    assert cands[0].x == pytest.approx((2 * w2 + 3 * w3) / (w2 + w3)) and cands[0].y == 5 and cands[0].area == 2
+    assert (cands[1].x, cands[1].y, cands[1].score) == (9.0, 5.0, 2.0)
+
+
+def test_floor_filters_and_an_empty_map_has_no_candidates():
+    z = np.maximum(blob((50, 50), 10, 10, 4, 3.0), blob((50, 50), 40, 40, 1, 1.0))
+    assert len(find_candidates(z, floor=3.5)) == 0
+    assert len(find_candidates(z, floor=2.0)) == 1
+    assert len(find_candidates(z, floor=0.5)) == 2
+    assert find_candidates(np.full((8, 8), BACKGROUND, np.float32), 0.0) == []
 
 
 def test_suppression_keeps_best_within_radius_only():

@@ -340,18 +340,19 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
 
 
 def test_postprocessing_and_sweep():
-    p = np.zeros((200, 300), np.float32)
-    p[50:60, 50:60] = 0.9  # a true mitosis
-    p[52:56, 70:75] = 0.5  # a weaker duplicate 20 px away: suppressed
-    p[150:160, 250:260] = 0.3  # a false detection
-    p[100:102, 100:102] = 0.95  # too small (4 px)
-    pts, scores = ev.candidates_from_map(p)  # the product's floor 0.1, 12 px, 7.5 um = 30 px
+    z = np.full((200, 300), -10.0, np.float32)  # mitosis logits
+    z[50:60, 50:60] = 5.0  # a true mitosis
+    z[52:56, 70:75] = 2.0  # a weaker duplicate 20 px away: suppressed
+    z[150:160, 250:260] = 0.0  # a false detection
+    z[100:102, 100:102] = -3.0  # under the floor (logit -2.2 = probability 0.1)
+    pts, scores = ev.candidates_from_map(z)  # the product's floor, centroid radius and 7.5 um = 30 px
     np.testing.assert_allclose(pts, [[54.5, 54.5], [254.5, 154.5]])
+    np.testing.assert_allclose(scores, [5.0, 0.0])
     s = ev.sweep(pts, scores, np.array([[55.0, 55.0], [10.0, 190.0]]), area_mm2=0.5)
-    at_low, at_high = s.at(0.2), s.at(0.5)
+    at_low, at_high = s.at(-1.0), s.at(2.0)
     assert at_low["recall"] == 0.5 and at_low["fp_per_mm2"] == 2.0
     assert at_high["recall"] == 0.5 and at_high["fp_per_mm2"] == 0.0
-    assert s.threshold_for_fp(0.0) == pytest.approx(0.31)
+    assert s.threshold_for_fp(0.0) == pytest.approx(0.05)  # the first grid logit above the false one
 
 
 def test_mosaic_offsets_ground_truth():
@@ -365,15 +366,18 @@ def test_mosaic_offsets_ground_truth():
 
 def test_torch_detector_runs_through_the_product_pipeline():
     """A PyTorch net evaluated via TorchDetector gives what its own forward pass gives."""
-    from mitosis_analysis.pipeline import mitosis_probability_map
+    from mitosis_analysis.manifest import InferencePlan
+    from mitosis_analysis.pipeline import mitosis_logit_map
     from mitosis_analysis.settings import Settings
 
     net = LightUNet(channels=(8, 16)).eval()
     image = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
-    settings = Settings(tile_size=128, min_tissue_fraction=0.0)
-    tiled = mitosis_probability_map(image, ev.TorchDetector(net), settings)
+    plan = InferencePlan(tile_size=128, min_tissue_fraction=0.0)
+    tiled = mitosis_logit_map(image, ev.TorchDetector(net, plan=plan), Settings())
     with torch.no_grad():
-        whole = torch.softmax(net(torch.from_numpy(image.transpose(2, 0, 1)[None] / 255.0).float()), 1)[0, 2].numpy()
+        z = net(torch.from_numpy(image.transpose(2, 0, 1)[None] / 255.0).float())[0].double()
+        p = torch.softmax(z, 0)[2]
+        whole = torch.log(p / (1 - p)).numpy()  # the mitosis logit, computed the long way
     np.testing.assert_allclose(tiled, whole, atol=1e-5)  # one tile: no blending involved
 
 

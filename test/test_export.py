@@ -30,14 +30,39 @@ def test_registry_rejects_unknown_kinds_and_archs():
         model.build("detector", arch="resnet")
 
 
-def test_export_wrappers_give_probabilities():
-    det = model.for_export("detector", model.build("detector"))
+def test_export_wrappers_give_the_product_contract():
+    net = model.build("detector")
+    det = model.for_export("detector", net)
     cls = model.for_export("classifier", model.build("classifier"))
+    x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        p = det(torch.rand(1, 3, 64, 64))
+        z = det(x)
+        p = torch.softmax(net(x).double(), dim=1)[:, 2]
         q = cls(torch.rand(3, 3, 128, 128))
-    torch.testing.assert_close(p.sum(1), torch.ones(1, 64, 64))
+    assert z.shape == (1, 64, 64)  # the mitosis logit: log-odds of mitosis against the other classes
+    torch.testing.assert_close(z.double(), torch.log(p / (1 - p)), atol=1e-4, rtol=0)
     assert q.shape == (3,) and bool(((q >= 0) & (q <= 1)).all())
+
+
+def test_legacy_softmax_detector_is_converted_to_the_logit_contract(tmp_path):
+    """training.upgrade_weights' graph surgery gives the logit of the old softmax output."""
+    import onnx
+    import onnxruntime as ort
+
+    net = model.build("detector").eval()
+    path = tmp_path / "legacy.onnx"
+    with torch.no_grad():
+        torch.onnx.export(torch.nn.Sequential(net, torch.nn.Softmax(dim=1)), (torch.rand(1, 3, 64, 64),), str(path),
+                          dynamo=False, input_names=["image"], output_names=["probabilities"],
+                          dynamic_axes={"image": {0: "batch", 2: "h", 3: "w"}}, opset_version=17)
+    x = np.random.default_rng(0).random((2, 3, 64, 96), dtype=np.float32)
+    (p,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    converted = export.softmax_detector_to_logit(onnx.load(str(path)))
+    session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    (z,) = session.run(["mitosis_logit"], {"image": x})
+    assert z.shape == (2, 64, 96)
+    pm = p[:, 2].astype(np.float64)
+    np.testing.assert_allclose(z, np.log(pm / (1 - pm)), atol=1e-3)
 
 
 @pytest.fixture()
@@ -66,9 +91,9 @@ def test_export_random_init_writes_a_valid_manifest(tmp_path):
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(weights / "detector.onnx"), providers=["CPUExecutionProvider"])
-    (p,) = session.run(None, {"image": np.random.rand(3, 3, 96, 160).astype(np.float32)})
-    assert p.shape == (3, 4, 96, 160)  # dynamic batch and spatial axes
-    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
+    (z,) = session.run(None, {"image": np.random.rand(3, 3, 96, 160).astype(np.float32)})
+    assert z.shape == (3, 96, 160)  # dynamic batch and spatial axes
+    assert np.isfinite(z).all()
     session = ort.InferenceSession(str(weights / "classifier.onnx"), providers=["CPUExecutionProvider"])
     (q,) = session.run(None, {"image": np.random.rand(7, 3, 128, 128).astype(np.float32)})
     assert q.shape == (7,)
@@ -78,7 +103,8 @@ def test_export_records_the_checkpoint(tmp_path, small_detector_checkpoint):
     weights = tmp_path / "weights"
     assert export.main(["--checkpoints", str(small_detector_checkpoint), "--weights", str(weights)]) == 0
     manifest = json.loads((weights / "manifest.json").read_text())
-    assert manifest["thresholds"]["detection"] == 0.37
+    assert manifest["thresholds"]["detection_logit"] == pytest.approx(np.log(0.37 / 0.63))  # a probability, as a logit
+    assert manifest["format_version"] == 2 and manifest["plan"]["tile_size"] == 512
     det = manifest["provenance"]["metrics"]["detector"]
     assert det["trained"] is True and det["config"] == {"channels": [8, 16]}
     assert det["metrics"] == {"validation": {"recall": 0.5}}
@@ -92,7 +118,7 @@ def test_export_records_the_checkpoint(tmp_path, small_detector_checkpoint):
 
     (p,) = ort.InferenceSession(str(weights / "detector.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})
     with torch.no_grad():
-        expected = torch.softmax(net(torch.from_numpy(x)), 1).numpy()
+        expected = model.mitosis_logit(net(torch.from_numpy(x))).numpy()
     np.testing.assert_allclose(p, expected, atol=1e-5)
 
 

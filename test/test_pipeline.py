@@ -4,7 +4,8 @@ the points must land exactly where the figures were drawn."""
 import numpy as np
 import pytest
 
-from mitosis_analysis.pipeline import analyse_roi, classify_stack, detect_candidates, mitosis_probability_map
+from mitosis_analysis.pipeline import analyse_roi, classify_stack, detect_candidates, mitosis_logit_map
+from mitosis_analysis.decision import logit, sigmoid
 from mitosis_analysis.readers import RoiImage
 from synthetic_models import BACKGROUND, roi_with_figures
 
@@ -39,7 +40,9 @@ def test_duplicates_within_radius_collapse(models, settings):
 def test_blank_glass_gives_no_candidates(models, settings):
     image = np.empty((700, 900, 3), np.uint8)
     image[:] = BACKGROUND
-    assert np.all(mitosis_probability_map(image, models, settings) == 0)
+    from mitosis_analysis.pipeline import GLASS_LOGIT
+
+    assert np.all(mitosis_logit_map(image, models, settings) == GLASS_LOGIT)
     assert detect_candidates(image, models, settings) == []
 
 
@@ -62,10 +65,10 @@ def test_classifier_probability_reaches_candidates(models, settings):
     roi = RoiImage(image, (0.00025, 0.00025), False, None)
     (c,) = analyse_roi(roi, models, settings)
     crop = image[192:320, 192:320]
-    assert c.p_atypical == pytest.approx(crop[..., 1].mean() / 255, abs=1e-4)
+    assert c.atypical_logit == pytest.approx(float(logit(crop[..., 1].mean() / 255)), abs=1e-3)
 
 
 def test_classify_stack_page_order(models, settings):
     crops = np.zeros((3, 128, 128, 3), np.uint8)
     crops[:, :, :, 1] = np.array([0, 128, 255], np.uint8)[:, None, None]
-    np.testing.assert_allclose(classify_stack(crops, models, settings), [0, 128 / 255, 1], atol=1e-5)
+    np.testing.assert_allclose(sigmoid(classify_stack(crops, models, settings)), [0, 128 / 255, 1], atol=1e-5)

@@ -14,6 +14,7 @@ import tifffile
 from conftest import ROOT, SHARED_DATA
 from mitosis_analysis.cli import main
 from mitosis_analysis.outputs import CropClass, MultiplePoints
+from platform_contract import official_track1_errors, official_track2_errors, schema_errors
 from synthetic_models import BACKGROUND, roi_with_figures
 
 T1_SLUG, T1_DIR = "histopathology-region-of-interest-cropout", "images/histopathology-roi-cropout"
@@ -57,20 +58,35 @@ def test_track1_points_in_mm(tmp_path, synthetic_weights):
     assert all(p.name == "mitotic figure" and p.probability > 0.9 and p.point[2] == 0 for p in doc.points)
     raw = json.loads((tmp_path / "out" / "mitotic-figures.json").read_text())
     assert raw["type"] == "Multiple points" and raw["version"] == {"major": 1, "minor": 0}
-    assert set(raw["points"][0]) == {"name", "point", "probability", "atypical_probability"}
+    assert all(set(p) == {"name", "point", "probability"} for p in raw["points"])  # the platform forbids more
+    assert schema_errors(raw) == [] and official_track1_errors(raw) == []
+    assert not (tmp_path / "out" / "mitotic-figures-details.json").exists()  # opt-in only
+
+
+def test_details_file_is_opt_in_and_carries_p_atypical(tmp_path, synthetic_weights):
+    inp = track1_case(tmp_path)
+    assert run(inp, tmp_path / "out", synthetic_weights, "--details") == 0
+    points = json.loads((tmp_path / "out" / "mitotic-figures.json").read_text())["points"]
+    details = json.loads((tmp_path / "out" / "mitotic-figures-details.json").read_text())
+    assert [d["point"] for d in details["points"]] == [p["point"] for p in points]
+    assert all(d["atypical_probability"] is not None and d["logit"] > details["thresholds"]["detection_logit"]
+               for d in details["points"])
 
 
 def test_candidates_under_threshold_are_non_mitotic_points(tmp_path):
     from synthetic_models import write_weights
 
     weights = write_weights(tmp_path / "w", detection=0.999)
-    # a grey-brown figure: mean 0.27 -> p = sigmoid(40 * 0.03) = 0.77, under 0.999
+    # a grey-brown figure: mean gray 0.2745 -> logit 40 * (0.3 - 0.2745) = 1.02, under logit(0.999) = 6.91
     image = roi_with_figures(512, 512, [(200.0, 200.0)], nucleus=(90, 60, 60))
     inp = track1_case(tmp_path, image)
-    assert run(inp, tmp_path / "out", weights) == 0
+    assert run(inp, tmp_path / "out", weights, "--details") == 0
     (point,) = json.loads((tmp_path / "out" / "mitotic-figures.json").read_text())["points"]
-    assert point["name"] == "non-mitotic figure" and 0.5 < point["probability"] < 0.999
-    assert "atypical_probability" not in point  # only mitotic figures are classified
+    z, t = 40 * (0.3 - (90 + 60 + 60) / 3 / 255), np.log(0.999 / 0.001)
+    assert point["name"] == "non-mitotic figure"
+    assert point["probability"] == pytest.approx(1 / (1 + np.exp(-(z - t))), rel=1e-3)  # sigmoid(logit - threshold)
+    (detail,) = json.loads((tmp_path / "out" / "mitotic-figures-details.json").read_text())["points"]
+    assert detail["atypical_probability"] is None  # only mitotic figures are classified
 
 
 def test_spacing_from_image_used_for_mm(tmp_path, synthetic_weights, capsys):
@@ -88,13 +104,31 @@ def test_track2_stack_classes_in_page_order(tmp_path, synthetic_weights):
     assert run(inp, tmp_path / "out", synthetic_weights) == 0
     doc = json.loads((tmp_path / "out" / "multiple-mitotic-figure-classification.json").read_text())
     assert [d["class"] for d in doc] == ["normal", "atypical", "normal", "atypical"]
-    p = np.array(greens) / 255
-    np.testing.assert_allclose([d["atypical_probability"] for d in doc], p, atol=1e-4)
-    # confidence of the predicted class, as the MIDOG 2025 Track 2 evaluator reads it
-    np.testing.assert_allclose([d["confidence"] for d in doc], np.where(p >= 0.5, p, 1 - p), atol=1e-4)
-    assert all(set(d) == {"class", "confidence", "atypical_probability"} for d in doc)
-    assert all(isinstance(d["confidence"], float) for d in doc)  # the evaluator rejects ints
+    p = np.array(greens) / 255  # P(atypical) of the synthetic classifier; its threshold is 0.5
+    # confidence = P(atypical) (MIDOG25_T2_evaluation_docker since 2d1b108), 0.5 at the threshold
+    np.testing.assert_allclose([d["confidence"] for d in doc], p, atol=1e-4)
+    assert all(set(d) == {"class", "confidence"} for d in doc)
+    assert all((d["confidence"] >= 0.5) == (d["class"] == "atypical") for d in doc)
+    assert official_track2_errors(doc, 4) == []  # the evaluator rejects ints, other keys are ignored
     [CropClass.model_validate(d) for d in doc]
+
+
+def test_track2_confidence_is_centred_on_the_operating_threshold(tmp_path):
+    """A threshold other than 0.5: confidence = sigmoid(logit(p) - logit(t)), atypical iff >= 0.5."""
+    from synthetic_models import write_weights
+
+    weights = write_weights(tmp_path / "w", atypical=0.2)
+    inp = tmp_path / "input"
+    inputs_json(inp, (T2_SLUG, T2_DIR, "stack.tif"))
+    (inp / T2_DIR).mkdir(parents=True)
+    greens = [25, 60, 230]  # P(atypical) 0.098, 0.235, 0.902
+    tifffile.imwrite(inp / T2_DIR / "stack.tif", np.stack([np.full((128, 128, 3), (120, g, 150), np.uint8) for g in greens]))
+    assert run(inp, tmp_path / "out", weights) == 0
+    doc = json.loads((tmp_path / "out" / "multiple-mitotic-figure-classification.json").read_text())
+    p = np.array(greens) / 255
+    want = 1 / (1 + np.exp(-(np.log(p / (1 - p)) - np.log(0.2 / 0.8))))
+    np.testing.assert_allclose([d["confidence"] for d in doc], want, atol=1e-4)
+    assert [d["class"] for d in doc] == ["normal", "atypical", "atypical"]
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "samples" / "stack_5.tiff").is_file(), reason="../shared/data not beside the checkout")

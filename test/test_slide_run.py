@@ -39,7 +39,7 @@ def module_models(synthetic_weights):
     from mitosis_analysis.inference import load_models
     from mitosis_analysis.settings import Settings
 
-    settings = Settings(weights_dir=synthetic_weights, device="cpu", batch_size=4, classifier_tta=1)
+    settings = Settings(weights_dir=synthetic_weights, device="cpu", batch_size=4)
     return settings, load_models(settings)
 
 
@@ -64,11 +64,11 @@ class InterruptingModels:
     def __getattr__(self, name):
         return getattr(self._models, name)
 
-    def mitosis_probability(self, tiles):
+    def mitosis_logit(self, tiles):
         self.calls -= 1
         if self.calls < 0:
             raise KeyboardInterrupt
-        return self._models.mitosis_probability(tiles)
+        return self._models.mitosis_logit(tiles)
 
 
 class CountingModels(InterruptingModels):
@@ -76,9 +76,9 @@ class CountingModels(InterruptingModels):
         super().__init__(models, 10**9)
         self.tiles = 0
 
-    def mitosis_probability(self, tiles):
+    def mitosis_logit(self, tiles):
         self.tiles += len(tiles)
-        return self._models.mitosis_probability(tiles)
+        return self._models.mitosis_logit(tiles)
 
 
 # --------------------------------------------------------------------------- exact results
@@ -264,7 +264,8 @@ def test_cli_with_the_real_weights(tmp_path):
     path = write_slide_tiff(tmp_path / "small.tif", small)
     result = _cli(str(path), "--output", str(tmp_path / "out"), "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert "tiles" in result.stderr and "wrote" in result.stderr
+    assert "tiles" in result.stderr and "wrote" in result.stdout  # progress on stderr, information on stdout
+    assert "warning" not in result.stderr
     summary = json.loads((tmp_path / "out" / SUMMARY_JSON).read_text())
     points = _points(tmp_path / "out")
     assert summary["candidates"] == len(points)

@@ -29,7 +29,8 @@ from scipy.spatial import cKDTree
 
 from mitosis_analysis.candidates import find_candidates, suppress_duplicates
 from mitosis_analysis.inference import to_model_input
-from mitosis_analysis.settings import MITOSIS_CHANNEL, Settings
+from mitosis_analysis.manifest import InferencePlan
+from training.export import DEFAULT_CANDIDATE_FLOOR_LOGIT as CANDIDATE_FLOOR_LOGIT
 from training import plots
 
 SPACING_MM = 0.00025
@@ -73,33 +74,41 @@ def build_mosaic(images: np.ndarray, points: Sequence[np.ndarray], cols: int | N
 # --- the product's post-processing ---------------------------------------------------------------
 
 
-def candidates_from_map(p_mitosis: np.ndarray, settings: Settings | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The product's own steps (``mitosis_analysis.candidates``) on one mitosis probability map:
-    components of ``p >= candidate_floor`` -> centroid and peak score -> suppression within 7.5 um.
-    Returns (xy, score), sorted by descending score."""
-    settings = settings or Settings()
-    found = find_candidates(p_mitosis, settings.candidate_floor, settings.min_candidate_area_px)
-    kept = suppress_duplicates(found, settings.nms_radius_mm / SPACING_MM)
+def candidates_from_map(logits: np.ndarray, plan: InferencePlan | None = None,
+                        floor_logit: float = CANDIDATE_FLOOR_LOGIT) -> tuple[np.ndarray, np.ndarray]:
+    """The product's own steps (``mitosis_analysis.candidates``) on one mitosis logit map: local
+    maxima at or above the floor -> centroid and peak logit -> suppression within 7.5 um.
+    Returns (xy, logit), sorted by descending logit."""
+    plan = plan or InferencePlan()
+    found = find_candidates(logits, floor_logit, plan.centroid_radius_mm / SPACING_MM)
+    kept = suppress_duplicates(found, plan.suppression_radius_mm / SPACING_MM)
     return (np.array([[c.x, c.y] for c in kept], dtype=float).reshape(-1, 2),
             np.array([c.score for c in kept], dtype=float))
 
 
 class TorchDetector:
     """A PyTorch detector with the interface ``mitosis_analysis.pipeline`` expects of its models
-    (``mitosis_probability`` on uint8 tiles, ``manifest.spacing_mm``), so that a checkpoint is
+    (``mitosis_logit`` on uint8 tiles, ``manifest.spacing_mm``, ``manifest.plan``), so that a checkpoint is
     evaluated through exactly the product's tiling, stitching and post-processing."""
 
-    def __init__(self, net, spacing_mm: float = SPACING_MM):
+    def __init__(self, net, spacing_mm: float = SPACING_MM, plan: InferencePlan | None = None,
+                 floor_logit: float = CANDIDATE_FLOOR_LOGIT):
         import torch
 
         self._torch = torch
         self.net = net.eval()
-        self.manifest = SimpleNamespace(spacing_mm=spacing_mm)
+        # thresholds: only the floor matters for candidates; the detection threshold is what is chosen
+        self.manifest = SimpleNamespace(
+            spacing_mm=spacing_mm, plan=plan or InferencePlan(),
+            thresholds=SimpleNamespace(candidate_floor_logit=floor_logit, detection_logit=np.inf),
+        )
 
-    def mitosis_probability(self, tiles: np.ndarray) -> np.ndarray:
+    def mitosis_logit(self, tiles: np.ndarray) -> np.ndarray:
+        from model import mitosis_logit
+
         x = self._torch.from_numpy(to_model_input(tiles))
         with self._torch.no_grad():
-            return self._torch.softmax(self.net(x), dim=1)[:, MITOSIS_CHANNEL].numpy()
+            return mitosis_logit(self.net(x)).numpy()
 
 
 # --- matching and sweep -------------------------------------------------------------------------
@@ -189,8 +198,9 @@ def f1(precision: float, recall: float) -> float:
     return float(2 * precision * recall / (precision + recall)) if precision + recall > 0 else 0.0
 
 
-# 0.10 ... 0.89 by 0.01, then 0.9 ... 0.9999 log-spaced (sharp models put their best candidates there)
-DEFAULT_THRESHOLDS = np.unique(np.round(np.concatenate([np.arange(0.1, 0.9, 0.01), 1 - np.logspace(-1, -4, 31)]), 6))
+# Mitosis logits -2.2 (probability 0.1, the candidate floor) ... 16 by 0.05: the whole useful range,
+# evenly in logit space (scores no longer crowd against a probability of 1).
+DEFAULT_THRESHOLDS = np.round(np.arange(-2.2, 16.0 + 1e-9, 0.05), 4)
 
 
 def sweep(points: np.ndarray, scores: np.ndarray, gt: np.ndarray, area_mm2: float,

@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from mitosis_analysis.settings import Settings  # noqa: E402
+from mitosis_analysis.manifest import InferencePlan  # noqa: E402
 from model.classifier import ENSEMBLE_ARCH, build_classifier  # noqa: E402
 from training import classifier_eval as ev  # noqa: E402
 from training import data as amibr  # noqa: E402
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     if amibr.summary(val) != first["metrics"]["splits"]["validation"]:
         raise SystemExit("error: the validation split rebuilt here differs from the candidates' own")
     x_val, y_val, x_test, y_test = amibr.load_crops(val), amibr.labels(val), amibr.load_crops(test), amibr.labels(test)
-    views = Settings().classifier_tta
+    views = InferencePlan().classifier_views
     p_val = {k: ev.predict(net, x_val, n_views=views) for k, (net, _) in members.items()}
     n_params = {k: sum(t.numel() for t in net.parameters()) for k, (net, _) in members.items()}
     combo, val_auroc = choose(p_val, y_val, args.size, n_params)

@@ -33,7 +33,7 @@ if str(REPO_ROOT) not in sys.path:
 from training import data
 from training import detector_eval as ev
 from training import labels as label_lib
-from training import runtime
+from training import export, runtime
 
 
 def split_crops(data_dir: Path, split: str, val_fraction: float = 0.15, seed: int = 0):
@@ -77,6 +77,9 @@ def main(argv=None) -> int:
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "training" / "runs" / "detector-eval")
     p.add_argument("--engine", choices=("pipeline", "local"), default="pipeline")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="evaluate these exported weights (ONNX + manifest) through the pipeline instead of a "
+                        "checkpoint; --choose-threshold then only prints the threshold to put in the manifest")
     p.add_argument("--cols", type=int, default=None, help="crops per mosaic row (default: square)")
     p.add_argument("--threads", type=int, default=None, help="PyTorch threads (--engine local)")
     p.add_argument("--choose-threshold", choices=("roi-f1", "fp-budget"), default=None,
@@ -88,7 +91,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    if args.weights is not None:
+        from mitosis_analysis.manifest import Manifest
+
+        checkpoint = {"threshold_logit": Manifest.load(args.weights).thresholds.detection_logit}
+    else:
+        checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     table, crops = split_crops(args.data, args.split)
     annotations = label_lib.slide_annotations(table, label_lib.midogpp_points(args.data / label_lib.MIDOGPP_FILE))
     points = [label_lib.crop_points(c, annotations)[0] for c in crops]
@@ -97,8 +105,10 @@ def main(argv=None) -> int:
           f"{len(mosaic.gt_points)} annotated mitoses, crop area {mosaic.crop_area_mm2:.4f} mm^2", file=sys.stderr)
 
     t0 = time.time()
-    if args.engine == "pipeline":
-        from training import export
+    if args.weights is not None:
+        det_points, scores = detect_with_pipeline(mosaic.image, args.weights)
+    elif args.engine == "pipeline":
+        pass  # training.export is imported at the top
 
         weights = args.out / "weights"
         ckpt_dir = args.checkpoint.parent
@@ -112,9 +122,14 @@ def main(argv=None) -> int:
 
     sweep = ev.sweep(det_points, scores, mosaic.gt_points, mosaic.crop_area_mm2)
     candidates = {rule: ev.choose_threshold(sweep, rule) for rule in ("roi-f1", "fp-budget")}
-    if args.choose_threshold:
+    if args.choose_threshold and args.weights is not None:
         chosen = candidates[args.choose_threshold]
-        checkpoint["threshold"] = chosen
+        print(f"{args.choose_threshold} on validation: detection_logit {chosen:.4f} {sweep.at(chosen)}", file=sys.stderr)
+        checkpoint["threshold_logit"] = chosen
+    elif args.choose_threshold:
+        chosen = candidates[args.choose_threshold]
+        checkpoint["threshold_logit"] = chosen
+        checkpoint.pop("threshold", None)  # older checkpoints: a probability
         step = f"python -m training.evaluate_detector --split val --choose-threshold {args.choose_threshold}"
         if step not in checkpoint.get("command", ""):
             checkpoint["command"] = f"{checkpoint.get('command', '')} && {step}".lstrip(" &")
@@ -129,7 +144,7 @@ def main(argv=None) -> int:
         runtime.save_checkpoint(checkpoint, args.checkpoint)
         print(f"threshold {chosen:.6f} ({args.choose_threshold} on validation) stored in {args.checkpoint}",
               file=sys.stderr)
-    threshold = float(checkpoint["threshold"])
+    threshold = export.checkpoint_threshold_logit(checkpoint, "detector")
     at = sweep.at(threshold)
     result = {
         "split": args.split, "engine": args.engine, "checkpoint": str(args.checkpoint),

@@ -35,7 +35,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a script as well as with -m
     sys.path.insert(0, str(REPO_ROOT))
 
 import model as models
-from mitosis_analysis.manifest import Manifest, sha256_file
+from mitosis_analysis.manifest import InferencePlan, Manifest, sha256_file
 from mitosis_analysis.outputs import write_bytes_atomic
 from mitosis_analysis.settings import (
     CLASSIFIER_FILE,
@@ -46,7 +46,10 @@ from mitosis_analysis.settings import (
 )
 
 MAX_ONNX_BYTES = 30 * 1024 * 1024
-DEFAULT_THRESHOLDS = {"detector": 0.5, "classifier": 0.5}
+# Operating thresholds as logits when a checkpoint carries none (0 = probability 0.5).
+DEFAULT_THRESHOLD_LOGITS = {"detector": 0.0, "classifier": 0.0}
+# Candidates below this mitosis logit are not reported (probability 0.1, the floor used so far).
+DEFAULT_CANDIDATE_FLOOR_LOGIT = -2.1972245773362196
 FILES = {"detector": DETECTOR_FILE, "classifier": CLASSIFIER_FILE}
 # Input shapes of the parity check: (batch, height, width). The detector is checked at two sizes
 # to prove the spatial axes are dynamic; 32-multiples as the product uses.
@@ -94,7 +97,7 @@ def export_onnx(kind: str, net: nn.Module, path: Path, opset: int) -> None:
     dynamic = {"image": {0: "batch"}, output_name: {0: "batch"}}
     if kind == "detector":
         dynamic = {"image": {0: "batch", 2: "height", 3: "width"},
-                   output_name: {0: "batch", 2: "height", 3: "width"}}
+                   output_name: {0: "batch", 1: "height", 2: "width"}}
     tmp = path.with_name(path.name + ".tmp")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # the legacy exporter: no onnxscript here
@@ -133,6 +136,51 @@ def parity(kind: str, net: nn.Module, path: Path, seed: int = 0) -> float:
     return worst
 
 
+def checkpoint_threshold_logit(ckpt: dict, kind: str) -> float:
+    """The operating threshold of a checkpoint as a logit (``threshold_logit``, or the logit of a
+    probability-valued ``threshold`` of older checkpoints)."""
+    from mitosis_analysis.decision import logit
+
+    if "threshold_logit" in ckpt:
+        return float(ckpt["threshold_logit"])
+    if "threshold" in ckpt:
+        return float(logit(float(ckpt["threshold"])))
+    return DEFAULT_THRESHOLD_LOGITS[kind]
+
+
+def softmax_detector_to_logit(graph_model, mitosis_channel: int = models.MITOSIS_CHANNEL):
+    """An exported detector whose output is the 4-class ``Softmax`` (weights exported before the
+    logit contract) -> the same graph ending in ``mitosis_logit`` = z_mitosis - logsumexp(z_others)
+    of the softmax's input, as ``model.mitosis_logit`` computes it for new exports. Used once by
+    ``training/upgrade_weights.py``; the class logits themselves are untouched."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = graph_model.graph
+    (output,) = g.output
+    (softmax,) = [n for n in g.node if output.name in n.output]
+    if softmax.op_type != "Softmax":
+        raise ExportError(f"detector output {output.name!r} is made by {softmax.op_type}, not Softmax")
+    z = softmax.input[0]
+    others = [c for c in range(4) if c != mitosis_channel]
+    g.node.remove(softmax)
+    g.node.extend([
+        helper.make_node("Constant", [], ["mitosis_index"],
+                         value=helper.make_tensor("mi", TensorProto.INT64, [], [mitosis_channel])),
+        helper.make_node("Constant", [], ["other_indices"],
+                         value=helper.make_tensor("oi", TensorProto.INT64, [len(others)], others)),
+        helper.make_node("Gather", [z, "mitosis_index"], ["z_mitosis"], axis=1),
+        helper.make_node("Gather", [z, "other_indices"], ["z_others"], axis=1),
+        helper.make_node("ReduceLogSumExp", ["z_others"], ["lse_others"], axes=[1], keepdims=0),
+        helper.make_node("Sub", ["z_mitosis", "lse_others"], [models.OUTPUT_NAMES["detector"]]),
+    ])
+    g.output.remove(output)
+    g.output.append(helper.make_tensor_value_info(models.OUTPUT_NAMES["detector"], TensorProto.FLOAT,
+                                                  ["batch", "height", "width"]))
+    onnx.checker.check_model(graph_model)
+    return graph_model
+
+
 def normalisation(net: nn.Module) -> dict:
     return {name: [round(float(v), 6) for v in getattr(net, name).flatten()] for name in ("mean", "std")}
 
@@ -156,7 +204,7 @@ def model_entry(e: Exported, opset: int) -> dict:
         "file": e.path.name,
         "sha256": sha256_file(e.path),
         "output_name": models.OUTPUT_NAMES[e.kind],
-        "input_size": 512 if e.kind == "detector" else Settings().crop_size,
+        "input_size": 512 if e.kind == "detector" else InferencePlan().crop_size,
         "normalisation": normalisation(e.net),
         "parameters": e.parameters,
         "opset": opset,
@@ -223,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         if not diff <= args.tolerance:
             path.unlink()
             raise ExportError(f"{kind}: ONNX Runtime differs from PyTorch by {diff:.2e} > {args.tolerance:.0e}")
-        threshold = float(ckpt.get("threshold", DEFAULT_THRESHOLDS[kind]))
+        threshold = checkpoint_threshold_logit(ckpt, kind)
         exported[kind] = Exported(kind, path, net, trained, threshold,
                                   sum(p.numel() for p in net.parameters()), diff, ckpt)
 
@@ -231,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         "spacing_mm": Settings().default_spacing_mm,
         "detector": model_entry(exported["detector"], args.opset),
         "classifier": model_entry(exported["classifier"], args.opset),
-        "thresholds": {"detection": exported["detector"].threshold, "atypical": exported["classifier"].threshold},
+        "thresholds": {"detection_logit": exported["detector"].threshold,
+                       "candidate_floor_logit": DEFAULT_CANDIDATE_FLOOR_LOGIT,
+                       "atypical_logit": exported["classifier"].threshold},
         "provenance": provenance(exported, args.command),
     })
     write_bytes_atomic(args.weights / MANIFEST_FILE, (manifest.model_dump_json(indent=2) + "\n").encode())

@@ -44,7 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from mitosis_analysis.settings import Settings  # noqa: E402
+from mitosis_analysis.manifest import InferencePlan  # noqa: E402
 from model.classifier import ARCH, build_classifier  # noqa: E402
 from training import adversarial  # noqa: E402
 from training import augment as aug  # noqa: E402
@@ -238,7 +238,7 @@ def train(
     final = build_classifier(arch=ARCH, **model_config).to(memory_format=torch.channels_last)
     final.load_state_dict(best_state)
     final = final.to(device).eval()
-    product_views = Settings().classifier_tta
+    product_views = InferencePlan().classifier_views
     x_test, y_test = amibr.load_crops(test), amibr.labels(test)
     result = ev.evaluate_views(final, x_val, y_val, x_test, y_test, VIEWS)
     thresholds, val_metrics, test_metrics, probs = (result[k] for k in ("thresholds", "validation", "test", "probs"))

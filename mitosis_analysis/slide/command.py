@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         region_size=args.region_size, hotspot_area_mm2=args.hotspot_area, reader=args.reader,
         restart=args.restart, progress=not args.no_progress,
     )
-    if options.region_size < settings.tile_size or options.hotspot_area_mm2 <= 0:
-        raise InputError(f"--region-size must be at least the tile size ({settings.tile_size}) and --hotspot-area positive")
+    tile_size = 512  # the shipped plan's tile; analyse_slide checks it against the weights' plan
+    if options.region_size < tile_size or options.hotspot_area_mm2 <= 0:
+        raise InputError(f"--region-size must be at least the tile size ({tile_size}) and --hotspot-area positive")
     analyse_slide(args.slide, args.output, settings, options)
     return 0

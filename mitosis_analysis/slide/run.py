@@ -29,8 +29,10 @@ import numpy as np
 
 from .. import __version__
 from ..candidates import Candidate, suppress_duplicates
+from ..decision import Detection, decide_detections
 from ..errors import InputError
 from ..inference import Models, load_models
+from ..manifest import InferencePlan
 from ..log import log, warn
 from ..outputs import check_writable
 from ..pipeline import classify_candidates, detect_candidates
@@ -94,13 +96,13 @@ def plan_regions(width: int, height: int, size: int, halo: int) -> list[Region]:
     return regions
 
 
-def estimated_tiles(region: Region, mask: TissueMask, settings: Settings) -> int:
+def estimated_tiles(region: Region, mask: TissueMask, plan: InferencePlan) -> int:
     """Tiles of ``region`` that the pipeline will infer, judged from the tissue mask."""
     x0, y0, x1, y1 = region.box
-    tile = settings.tile_size
-    tiles = tile_grid(max(tile, y1 - y0), max(tile, x1 - x0), tile, settings.stride())
+    tile = plan.tile_size
+    tiles = tile_grid(max(tile, y1 - y0), max(tile, x1 - x0), tile, plan.stride())
     return sum(
-        mask.fraction(x0 + t.x, y0 + t.y, min(x1, x0 + t.x + tile), min(y1, y0 + t.y + tile)) >= settings.min_tissue_fraction
+        mask.fraction(x0 + t.x, y0 + t.y, min(x1, x0 + t.x + tile), min(y1, y0 + t.y + tile)) >= plan.min_tissue_fraction
         for t in tiles
     )
 
@@ -116,8 +118,8 @@ class _CountingModels:
     def __getattr__(self, name: str):
         return getattr(self._models, name)
 
-    def mitosis_probability(self, tiles: np.ndarray) -> np.ndarray:
-        p = self._models.mitosis_probability(tiles)
+    def mitosis_logit(self, tiles: np.ndarray) -> np.ndarray:
+        p = self._models.mitosis_logit(tiles)
         self.tiles += len(tiles)
         self._progress.advance(len(tiles))
         return p
@@ -142,12 +144,15 @@ def analyse_slide(
     with open_slide(path, settings, options.reader) as source:  # bad slides fail before the models load
         check_writable(output_dir)
         models = models or load_models(settings)
-        view = SlideView(source, models.manifest.spacing_mm, settings.spacing_tolerance)
+        if options.region_size < models.manifest.plan.tile_size:
+            raise InputError(f"--region-size {options.region_size} is smaller than the weights' tile size "
+                             f"({models.manifest.plan.tile_size})")
+        view = SlideView(source, models.manifest.spacing_mm, models.manifest.plan.spacing_tolerance)
         thumb = thumbnail(source, options.thumbnail_max_side, options.thumbnail_min_spacing_mm)
         mask = tissue_mask(thumb.pixels, thumb.spacing_mm, view.spacing_mm)
         regions = plan_regions(view.width, view.height, options.region_size, options.halo)
         tissue_regions = [r for r in regions if mask.fraction(*r.core) > 0]
-        estimates = {r.index: estimated_tiles(r, mask, settings) for r in tissue_regions}
+        estimates = {r.index: estimated_tiles(r, mask, models.manifest.plan) for r in tissue_regions}
         lv = source.levels[0]
         log(
             f"{path.name}: {lv.width}x{lv.height} px at {lv.spacing_mm[0] * 1000:.4g} um/px ({source.backend}), "
@@ -171,12 +176,10 @@ def _run_header(path, source, view: SlideView, mask: TissueMask, models: Models,
     and the hotspot area are left out: neither changes what a region yields, so a finished run can
     be re-exported with another hotspot area without inferring again."""
     pipeline_settings = {
-        k: getattr(settings, k)
-        for k in ("tile_size", "tile_overlap", "nms_radius_mm", "crop_size", "candidate_floor",
-                  "min_candidate_area_px", "min_tissue_fraction", "spacing_tolerance", "classifier_tta",
-                  "default_spacing_mm")
+        "plan": models.manifest.plan.model_dump(),
+        "thresholds": models.manifest.thresholds.model_dump(),
+        "default_spacing_mm": settings.default_spacing_mm,
     }
-    pipeline_settings["stride"] = settings.stride()
     ignored = ("restart", "progress", "reader", "hotspot_area_mm2")
     slide_options = {k: v for k, v in asdict(options).items() if k not in ignored}
     return {
@@ -217,7 +220,7 @@ def _infer_regions(view: SlideView, tissue_regions: list[Region], estimates: dic
     done_tiles = sum(rec.tiles for rec in journal.records.values())
     progress = Progress(done_tiles + sum(estimates[r.index] for r in todo), done_tiles, enabled=options.progress)
     counting = _CountingModels(models, progress)
-    margin = settings.nms_radius_mm / view.spacing_mm[0]
+    margin = models.manifest.plan.suppression_radius_mm / view.spacing_mm[0]
     timer = StageTimer()
     try:
         for region, pixels, error in _prefetched(view, todo):
@@ -269,10 +272,9 @@ def _region_candidates(region: Region, pixels: np.ndarray, mask: TissueMask, mod
 def _finish(path: Path, source, view: SlideView, thumb, mask: TissueMask, regions: list[Region],
             tissue_regions: list[Region], records: list[RegionRecord], models: Models, settings: Settings,
             options: SlideOptions, output_dir: Path, resumed: bool, seconds: float) -> SlideSummary:
-    radius_px = settings.nms_radius_mm / view.spacing_mm[0]
+    radius_px = models.manifest.plan.suppression_radius_mm / view.spacing_mm[0]
     candidates = suppress_duplicates([c for rec in records for c in rec.candidates], radius_px)
-    figures = figures_on_level0(candidates, view, models.manifest.thresholds.detection,
-                                models.manifest.thresholds.atypical)
+    figures = figures_on_level0(decide_detections(candidates, models.manifest.thresholds), view)
     mitoses = [f for f in figures if f.is_mitosis]
     lv0 = source.levels[0]
     extent_mm = (lv0.width * lv0.spacing_mm[0], lv0.height * lv0.spacing_mm[1])
@@ -294,7 +296,7 @@ def _finish(path: Path, source, view: SlideView, thumb, mask: TissueMask, region
         atypical_figures=n_atypical, atypical_fraction=n_atypical / len(mitoses) if mitoses else None,
         hotspot=hotspot_summary(hotspot, options.hotspot_area_mm2, mitoses, lv0.spacing_mm),
         candidates=len(figures),
-        thresholds={"detection": models.manifest.thresholds.detection, "atypical": models.manifest.thresholds.atypical},
+        thresholds=models.manifest.thresholds.model_dump(),
         weights_trained=models.manifest.provenance.trained,
         regions_total=len(regions), regions_with_tissue=len(tissue_regions),
         regions_skipped=[{"box_px": _box_level0(view, r.core), "reason": errors[r.index]} for r in skipped],
@@ -319,23 +321,17 @@ def _finish(path: Path, source, view: SlideView, thumb, mask: TissueMask, region
     return summary
 
 
-def figures_on_level0(candidates: Sequence[Candidate], view: SlideView, detection: float, atypical: float) -> list[Figure]:
-    """Candidates (working grid) -> figures in level-0 pixels and mm, best first."""
-    if not candidates:
+def figures_on_level0(detections: Sequence[Detection], view: SlideView) -> list[Figure]:
+    """Decided detections (working grid, best first) -> figures in level-0 pixels and mm."""
+    if not detections:
         return []
-    ordered = sorted(candidates, key=lambda c: (-c.score, c.y, c.x))
-    xs, ys = view.to_level0(np.array([c.x for c in ordered]), np.array([c.y for c in ordered]))
+    xs, ys = view.to_level0(np.array([d.x for d in detections]), np.array([d.y for d in detections]))
     sx, sy = view.source.levels[0].spacing_mm
     figures = []
-    for c, x, y in zip(ordered, xs, ys):
-        if c.score < detection:
-            label = LABEL_REJECTED
-        elif c.p_atypical is not None and c.p_atypical >= atypical:
-            label = LABEL_ATYPICAL
-        else:
-            label = LABEL_MITOSIS
-        figures.append(Figure(float(x), float(y), float(x) * sx, float(y) * sy, float(c.score),
-                              None if c.p_atypical is None else float(c.p_atypical), label))
+    for d, x, y in zip(detections, xs, ys):
+        label = LABEL_ATYPICAL if d.is_atypical else LABEL_MITOSIS if d.is_mitosis else LABEL_REJECTED
+        figures.append(Figure(float(x), float(y), float(x) * sx, float(y) * sy, d.probability,
+                              d.atypical_probability, label))
     return figures
 
 

@@ -1,0 +1,88 @@
+"""The decisions, made once: logits and the manifest's thresholds -> labels and probabilities.
+
+Every operating threshold of the product is a logit (``manifest.Thresholds``) and is applied here
+and nowhere else. Outputs, the slide mode and the evaluation only format what this module decides.
+
+The probability written for a decision is ``sigmoid(logit - threshold)``: monotone in the model's
+logit (rankings, AUROC, AP and FROC are those of the model) and exactly 0.5 at the operating
+threshold, so "mitotic figure" / "atypical" is the same statement as "probability >= 0.5".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .candidates import Candidate
+from .manifest import Thresholds
+
+# float32 probabilities closer to 0 or 1 than this carry no more information; their logits are
+# clipped to +-LOGIT_LIMIT (|logit| 16.6 = 1 - 6e-8, the float32 resolution next to 1).
+PROBABILITY_EPS = 6e-8
+LOGIT_LIMIT = float(np.log((1 - PROBABILITY_EPS) / PROBABILITY_EPS))
+
+
+def logit(p: np.ndarray | float) -> np.ndarray:
+    """log(p / (1 - p)) in float64, ``p`` clipped away from 0 and 1 (see ``PROBABILITY_EPS``)."""
+    q = np.clip(np.asarray(p, dtype=np.float64), PROBABILITY_EPS, 1.0 - PROBABILITY_EPS)
+    return np.log(q) - np.log1p(-q)
+
+
+def sigmoid(z: np.ndarray | float) -> np.ndarray:
+    """1 / (1 + exp(-z)) in float64, without overflow for large |z|."""
+    z = np.asarray(z, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def centred_probability(z: np.ndarray | float, threshold_logit: float) -> np.ndarray:
+    """The probability written out: ``sigmoid(z - threshold)``, 0.5 at the operating threshold."""
+    return sigmoid(np.asarray(z, dtype=np.float64) - threshold_logit)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A decided Track 1 point, in the pixels of the image it was found in."""
+
+    x: float
+    y: float
+    logit: float  # the detector's mitosis logit at the candidate
+    probability: float  # centred_probability(logit, detection threshold)
+    is_mitosis: bool
+    atypical_logit: float | None = None
+    atypical_probability: float | None = None  # centred on the atypical threshold; None if unclassified
+    is_atypical: bool = False
+
+
+def decide_detections(candidates: Sequence[Candidate], thresholds: Thresholds) -> list[Detection]:
+    """Candidates -> decided points, best first (ties by position: independent of input order)."""
+    ordered = sorted(candidates, key=lambda c: (-c.score, c.y, c.x))
+    detections = []
+    for c in ordered:
+        is_mitosis = c.score >= thresholds.detection_logit
+        p_atyp = None if c.atypical_logit is None else float(centred_probability(c.atypical_logit, thresholds.atypical_logit))
+        detections.append(Detection(
+            x=c.x, y=c.y, logit=c.score,
+            probability=float(centred_probability(c.score, thresholds.detection_logit)),
+            is_mitosis=is_mitosis,
+            atypical_logit=c.atypical_logit,
+            atypical_probability=p_atyp,
+            is_atypical=bool(is_mitosis and c.atypical_logit is not None and c.atypical_logit >= thresholds.atypical_logit),
+        ))
+    return detections
+
+
+@dataclass(frozen=True)
+class CropDecision:
+    """A decided Track 2 crop."""
+
+    atypical_logit: float
+    probability: float  # P(atypical), centred on the operating threshold
+    is_atypical: bool
+
+
+def decide_crops(atypical_logits: np.ndarray, thresholds: Thresholds) -> list[CropDecision]:
+    z = np.asarray(atypical_logits, dtype=np.float64)
+    p = centred_probability(z, thresholds.atypical_logit)
+    return [CropDecision(float(zi), float(pi), bool(zi >= thresholds.atypical_logit)) for zi, pi in zip(z, p)]
