@@ -10,7 +10,7 @@
 # Any Debian bookworm image works (python3 comes from apt). build.sh passes a local image made
 # with debootstrap where no registry can be reached.
 ARG BASE_IMAGE=docker.io/library/debian:bookworm-slim
-FROM ${BASE_IMAGE}
+FROM --platform=linux/amd64 ${BASE_IMAGE}
 
 ENV DEBIAN_FRONTEND=noninteractive \
     LANG=C.UTF-8 \

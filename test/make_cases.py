@@ -39,6 +39,7 @@ from scipy import ndimage
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = REPO / "test" / "cases"
+GROUND_TRUTH = "ground_truth.json"
 WEIGHTS_RECORD = "weights-manifest.sha256"
 
 # Ruifrok & Johnston's stain vectors (optical density per unit stain, RGB), normalised.
@@ -67,11 +68,13 @@ def stamp_ellipses(
     radius_px: tuple[float, float],
     strength: tuple[float, float],
     ragged: float,
-) -> None:
-    """Add ``count`` filled, randomly oriented ellipses of stain to ``density`` (in place).
+) -> list[tuple[float, float]]:
+    """Add ``count`` filled, randomly oriented ellipses of stain to ``density`` (in place) and
+    return the (x, y) centres of those stamped.
 
     ``ragged`` > 0 makes the outline irregular (clumped chromatin of a mitotic figure)."""
     h, w = density.shape
+    centres = []
     for _ in range(count):
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         a = rng.uniform(*radius_px)
@@ -94,6 +97,8 @@ def stamp_ellipses(
         inside = rho <= 1.0
         texture = 0.8 + 0.4 * rng.random(inside.sum())
         density[y0:y1, x0:x1][inside] += rng.uniform(*strength) * texture
+        centres.append((cx, cy))
+    return centres
 
 
 def render_he(haematoxylin: np.ndarray, eosin: np.ndarray) -> np.ndarray:
@@ -102,8 +107,10 @@ def render_he(haematoxylin: np.ndarray, eosin: np.ndarray) -> np.ndarray:
     return np.clip(255.0 * np.exp(-od), 0, 255).round().astype(np.uint8)
 
 
-def synthetic_he(seed: int, height: int, width: int, nuclei_per_mpx: float, figures: int) -> np.ndarray:
-    """An H&E-like field: eosin-stained stroma with lumina, haematoxylin nuclei, dark figures.
+def synthetic_he(seed: int, height: int, width: int, nuclei_per_mpx: float, figures: int
+                 ) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """An H&E-like field: eosin-stained stroma with lumina, haematoxylin nuclei, dark figures;
+    returns the RGB image and the (x, y) px centres of the figures.
 
     Sizes are for 0.25 um/px (nuclei 6-10 um across, figures 7-11 um)."""
     rng = np.random.default_rng(seed)
@@ -113,9 +120,17 @@ def synthetic_he(seed: int, height: int, width: int, nuclei_per_mpx: float, figu
     eosin = np.clip(stroma, 0.05, None) * (1 - 0.9 * lumen)
     haematoxylin = np.zeros(shape)
     stamp_ellipses(rng, haematoxylin, round(nuclei_per_mpx * height * width / 1e6), (12, 20), (0.35, 0.6), 0.0)
-    stamp_ellipses(rng, haematoxylin, figures, (14, 22), (1.1, 1.5), 0.35)
+    centres = stamp_ellipses(rng, haematoxylin, figures, (14, 22), (1.1, 1.5), 0.35)
     haematoxylin = ndimage.gaussian_filter(haematoxylin, 1.2) * (1 - 0.9 * lumen)
-    return render_he(haematoxylin, eosin)
+    return render_he(haematoxylin, eosin), centres
+
+
+def write_ground_truth(case: "Case", image: str, centres_px, spacing_um: float) -> None:
+    """``<case>/ground_truth.json`` in the MIDOG 2025 evaluation's format: the drawn "figures" (not
+    real mitoses: they let ``evaluate`` and the official aggregates run on the sample)."""
+    mm = spacing_um / 1000
+    write_json(CASES / case.name / GROUND_TRUTH, {image: {
+        "annotations": [[x * mm, y * mm, 0] for x, y in centres_px], "tumor domain": 0, "roi type": "hotspot"}})
 
 
 # --------------------------------------------------------------------------- writing cases
@@ -175,14 +190,15 @@ class Case:
 
 
 def make_track1(case: Case) -> None:
-    rgb = synthetic_he(seed=1, height=1024, width=1024, nuclei_per_mpx=220, figures=6)
+    rgb, centres = synthetic_he(seed=1, height=1024, width=1024, nuclei_per_mpx=220, figures=6)
     image = "c5b2c0a4-roi.tif"  # the platform names images by a UUID
     write_roi_tiff(case.input_dir / TRACK1_DIR / image, rgb, spacing_um=0.25)
+    write_ground_truth(case, image, centres, 0.25)
     write_json(case.input_dir / "inputs.json", inputs_json(TRACK1_SLUG, TRACK1_DIR, image))
 
 
 def make_track2(case: Case) -> None:
-    field = synthetic_he(seed=2, height=512, width=256, nuclei_per_mpx=260, figures=10)
+    field, _ = synthetic_he(seed=2, height=512, width=256, nuclei_per_mpx=260, figures=10)
     crops = np.stack([field[y : y + 128, x : x + 128] for y in range(0, 512, 128) for x in range(0, 256, 128)])
     image = "7e0d5f1e-stack.tiff"
     write_stack_tiff(case.input_dir / TRACK2_DIR / image, crops, spacing_um=0.25)
@@ -190,8 +206,9 @@ def make_track2(case: Case) -> None:
 
 
 def make_legacy(case: Case) -> None:
-    rgb = synthetic_he(seed=3, height=768, width=896, nuclei_per_mpx=220, figures=5)
+    rgb, centres = synthetic_he(seed=3, height=768, width=896, nuclei_per_mpx=220, figures=5)
     write_roi_tiff(case.input_dir / "042.tiff", rgb, spacing_um=0.23)
+    write_ground_truth(case, "042.tiff", centres, 0.23)
 
 
 CASE_MAKERS = {

@@ -58,12 +58,17 @@ def test_report_overall_per_domain_and_sweep():
     assert report.best == (0.35, pytest.approx(0.875))
 
 
-def test_confidence_of_the_predicted_class_as_the_challenge_reads_it():
-    out = [{"class": "normal", "confidence": 0.8}, {"class": "atypical", "confidence": 0.7}]
-    p, cls = parse_classifications(out, "x")
+def test_confidence_is_p_atypical_as_the_challenge_reads_it():
+    out = [{"class": "normal", "confidence": 0.2}, {"class": "atypical", "confidence": 0.7}]
+    p, cls = parse_classifications(out, "x")  # MIDOG25_T2_evaluation_docker since 2d1b108
     assert p == pytest.approx([0.2, 0.7]) and cls.tolist() == [0, 1]
-    p, _ = parse_classifications(out, "x", confidence="p-atypical")
+    p, _ = parse_classifications(out, "x", confidence="predicted-class")  # the superseded reading
     assert p == pytest.approx([0.8, 0.7])
+
+
+def test_an_integer_confidence_is_refused_as_the_challenge_refuses_it():
+    with pytest.raises(InputError, match="not a float"):
+        parse_classifications([{"class": "atypical", "confidence": 1}], "x")
 
 
 @pytest.mark.parametrize("bad", [

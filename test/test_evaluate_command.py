@@ -84,12 +84,30 @@ def test_classification_truth_formats():
 
 
 def test_prediction_points_read_as_the_challenge_reads_them():
-    pred = parse_mitotic_figures({"points": [{"point": [0.1, 0.2, 0]}, {"name": NMF, "point": [1, 2, 0],
-                                                                        "probability": 0.3}]}, "p")
-    assert pred.is_mitosis.tolist() == [True, False]  # no name: a mitotic figure
-    assert pred.probabilities.tolist() == [0.5, 0.3]  # no probability: 0.5
-    with pytest.raises(InputError, match="point 0"):
-        parse_mitotic_figures({"points": [{"point": ["x", 0, 0]}]}, "p")
+    pred = parse_mitotic_figures({"points": [{"name": MF, "point": [0.1, 0.2, 0], "probability": 0.9},
+                                             {"name": NMF, "point": [1, 2, 0], "probability": 0.3}]}, "p")
+    assert pred.is_mitosis.tolist() == [True, False] and pred.probabilities.tolist() == [0.9, 0.3]
+
+
+@pytest.mark.parametrize("point, message", [
+    ({"point": [0.1, 0.2, 0], "probability": 0.5}, "no \"name\""),  # MIDOG 2025 no longer accepts the 2021 format
+    ({"name": MF, "point": [0.1, 0.2, 0]}, "no \"probability\""),
+    ({"name": "mitosis", "point": [0.1, 0.2, 0], "probability": 0.5}, "not one of"),
+    ({"name": MF, "point": [512, 300, 0], "probability": 0.5}, "pixels instead of millimetres"),
+    ({"name": MF, "point": [-0.01, 0.2, 0], "probability": 0.5}, "outside"),
+    ({"name": MF, "point": ["x", 0, 0], "probability": 0.5}, "finite number"),
+])
+def test_predictions_the_official_evaluation_refuses_are_refused(point, message):
+    with pytest.raises(InputError, match=message):
+        parse_mitotic_figures({"points": [point]}, "p")
+
+
+def test_ground_truth_without_roi_type_is_refused_as_officially(inputs, capsys):
+    i = inputs
+    write(i["gt"], {"001.tiff": {"annotations": [[0.1, 0.1, 0]], "tumor domain": 0}})
+    rc = evaluate(["--ground-truth", str(i["gt"]), "--predictions", str(i["preds"]), "--missing", "skip",
+                   "-o", str(i["out"])])
+    assert rc == 2 and "roi type" in capsys.readouterr().err and not i["out"].exists()
 
 
 def test_prediction_files_are_matched_by_image_stem(tmp_path):
@@ -126,9 +144,10 @@ def inputs(tmp_path):
         {"image": "stack_2.tiff", "labels": ["atypical"], "tumordomains": [2]},
     ])
     cls = tmp_path / "cls"
-    write(cls / "stack_1.json", [{"class": "normal", "confidence": 0.9}, {"class": "atypical", "confidence": 0.8},
+    # confidence = P(atypical), the MIDOG 2025 reading
+    write(cls / "stack_1.json", [{"class": "normal", "confidence": 0.1}, {"class": "atypical", "confidence": 0.8},
                                  {"class": "atypical", "confidence": 0.6}])
-    write(cls / "stack_2" / "multiple-mitotic-figure-classification.json", [{"class": "normal", "confidence": 0.7}])
+    write(cls / "stack_2" / "multiple-mitotic-figure-classification.json", [{"class": "normal", "confidence": 0.3}])
     return {"gt": gt, "preds": preds, "labels": labels, "cls": cls, "out": tmp_path / "out"}
 
 
@@ -138,8 +157,17 @@ def test_command_end_to_end(inputs, capsys):
                    "--classifications", str(i["cls"]), "-o", str(i["out"])])
     assert rc == 0
     stdout = capsys.readouterr().out
-    assert "Track 1" in stdout and "Track 2" in stdout and "domain 1" in stdout
+    assert "Track 1" in stdout and "Track 2" in stdout and "domain 1" in stdout and "f1_score" in stdout
     doc = json.loads((i["out"] / "metrics.json").read_text())
+    agg = doc["aggregates"]  # the official key names and formulas (1e-6 in the denominators)
+    assert list(doc)[0] == "aggregates"
+    assert agg["f1_score"] == pytest.approx((4 + 1e-6) / (4 + 2 + 1 + 1e-6), abs=1e-12)
+    assert agg["tumor_0_f1"] == pytest.approx((2 + 1e-6) / (2 + 1 + 1 + 1e-6), abs=1e-12)
+    assert agg["roi_type_challenging_f1"] == 1.0 and agg["roi_type_challenging_AP"] == -1.0  # no image of the type
+    assert agg["roi_type_challenging_froc_auc"] is None  # the official NaN
+    assert 0 < agg["froc_auc"] <= 8 and 0 < agg["AP"] <= 1
+    assert agg["overall_balanced_accuracy"] == 0.5 and agg["overall_roc_auc"] == pytest.approx(0.75)
+    assert set(agg["domain_1"]) == {"sensitivity", "specificity", "balanced_accuracy", "accuracy", "roc_auc"}
     t1 = doc["track1"]
     # TP: both 0.1 duplicates -> 1 TP + 1 FP; 0.5 missed (NMF ignored); 002: 1 TP + 1 FP
     assert (t1["overall"]["tp"], t1["overall"]["fp"], t1["overall"]["fn"]) == (2, 2, 1)
@@ -194,3 +222,19 @@ def test_bad_input_is_one_line(inputs, capsys, tmp_path):
                      "-o", str(i["out"])]) == InputError.exit_code
     assert "not valid JSON" in capsys.readouterr().err
     assert not i["out"].exists()
+
+
+def test_the_sample_case_scores_with_every_official_key(tmp_path, capsys):
+    """`evaluate` on a bundled sample (ground truth = the drawn figures; the container's own output
+    folder as predictions): all official Track 1 keys, consistent with the per-image counts."""
+    case = Path(__file__).resolve().parent / "cases" / "track1-roi"
+    assert evaluate(["--ground-truth", str(case / "ground_truth.json"), "--predictions", str(case / "expected_output"),
+                     "-o", str(tmp_path / "out")]) == 0
+    doc = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    agg, counts = doc["aggregates"], doc["track1"]["overall"]
+    groups = ["", "tumor_0_"] + [f"roi_type_{t}_" for t in ("hotspot", "challenging", "random")]
+    want = {f"{g}{k}" for g in groups for k in ("precision", "recall", "AP", "froc_auc")}
+    want |= {"f1_score"} | {f"{g}f1" for g in groups[1:]}
+    assert set(agg) == want
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    assert agg["f1_score"] == pytest.approx((2 * tp + 1e-6) / (2 * tp + fp + fn + 1e-6), abs=1e-12)

@@ -7,8 +7,12 @@ Example::
         --labels labels.json --classifications runs/track2/ \\
         --output eval/
 
-prints a table, and writes ``eval/metrics.json`` (every figure, per image and per tumour domain,
-and the threshold sweeps) and ``eval/threshold-sweep.png``. File formats and how prediction files
+prints a table, and writes ``eval/metrics.json`` and ``eval/threshold-sweep.png``. ``metrics.json``
+starts with ``aggregates``: the MIDOG 2025 leaderboard figures under the official key names and
+computed as the official evaluation containers compute them (``official.py``); the project's own
+views follow (``track1``/``track2``: per image, per domain, FROC sensitivities at fixed rates,
+threshold sweeps). With the challenge's ``ground_truth.json`` format, images without "tumor domain"
+or a valid "roi type" are refused, as the official evaluation refuses them. File formats and how prediction files
 are matched to images: see :mod:`.groundtruth` and :mod:`.predictions`.
 """
 
@@ -24,7 +28,8 @@ from ..log import log, warn
 from ..settings import Settings
 from .classification import ClassificationReport, evaluate_classification
 from .detection import MATCH_RADIUS_MM, DetectionCase, DetectionReport, evaluate_detection
-from .groundtruth import load_classification_truth, load_detection_truth, load_spacings
+from .groundtruth import is_coco, load_classification_truth, load_detection_truth, load_json, load_spacings
+from .official import check_official_ground_truth, track1_aggregates, track2_aggregates
 from .predictions import TRACK1_FILE, TRACK2_FILE, collect, parse_classifications, parse_mitotic_figures
 from ..outputs import write_json_atomic
 from .report import format_tables, metrics_document, write_sweep_plot
@@ -53,8 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help='[{"image": ..., "labels": ["normal"|"atypical"|0|1, ...], "tumordomains": [...]}, ...]')
     t2.add_argument("--classifications", type=Path, metavar="PATH",
                     help=f"folder of <stack stem>.json or <stack stem>/{TRACK2_FILE}, or one JSON {{stack: output}}")
-    t2.add_argument("--confidence", choices=("predicted-class", "p-atypical"), default="predicted-class",
-                    help='meaning of "confidence": of the predicted class (challenge, default) or P(atypical)')
+    t2.add_argument("--confidence", choices=("p-atypical", "predicted-class"), default="p-atypical",
+                    help='meaning of "confidence": P(atypical) (MIDOG 2025 evaluation since 2025-07-27, default) '
+                         'or the confidence of the predicted class (its superseded reading)')
     parser.add_argument("--missing", choices=("error", "skip", "empty"), default="error",
                         help="an image with ground truth but no prediction: stop (default), leave it out "
                              "(as the challenge does), or score it as predicting nothing (Track 1 only)")
@@ -81,6 +87,7 @@ def detection_cases(args: argparse.Namespace) -> list[DetectionCase]:
     spacing = load_spacings(args.spacing_file) if args.spacing_file else (
         args.spacing if args.spacing is not None else Settings.from_env().default_spacing_mm)
     truth = load_detection_truth(args.ground_truth, spacing, args.coco_bbox)
+    official_format = not is_coco(load_json(args.ground_truth, "ground truth"))
     found, unclaimed = collect(args.predictions, truth, TRACK1_FILE)
     _unclaimed(unclaimed, "prediction file(s)/key(s)")
     _missing([n for n in truth if n not in found], args.missing, "prediction", allow_empty=True)
@@ -92,10 +99,12 @@ def detection_cases(args: argparse.Namespace) -> list[DetectionCase]:
             pred = parse_mitotic_figures({"points": []}, name)
         else:
             continue
-        cases.append(DetectionCase(name=name, truth=gt.points, points=pred.points,
-                                   probabilities=pred.probabilities, is_mitosis=pred.is_mitosis, domain=gt.domain))
+        cases.append(DetectionCase(name=name, truth=gt.points, points=pred.points, probabilities=pred.probabilities,
+                                   is_mitosis=pred.is_mitosis, domain=gt.domain, roi_type=gt.roi_type))
     if not cases:
         raise InputError("Track 1: no image has both ground truth and predictions")
+    if official_format:
+        check_official_ground_truth(cases)
     return cases
 
 
@@ -135,14 +144,17 @@ def run(args: argparse.Namespace) -> int:
 
     detection: DetectionReport | None = None
     classification: ClassificationReport | None = None
+    aggregates: dict = {}
     if track1:
         cases = detection_cases(args)
         log(f"Track 1: scoring {len(cases)} image(s)")
         detection = evaluate_detection(cases, radius=args.radius_mm)
+        aggregates.update(track1_aggregates(cases, radius=args.radius_mm))
     if track2:
         labels, scores, classes, domains = classification_inputs(args)
         log(f"Track 2: scoring {len(labels)} figure(s)")
         classification = evaluate_classification(labels, scores, classes, domains)
+        aggregates.update(track2_aggregates(labels, scores, classes, domains))
 
     inputs = {
         "ground_truth": None if args.ground_truth is None else str(args.ground_truth),
@@ -154,9 +166,9 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         write_sweep_plot(args.output / SWEEP_FILE, detection, classification)
-        write_json_atomic(args.output / METRICS_FILE, metrics_document(detection, classification, inputs))
+        write_json_atomic(args.output / METRICS_FILE, metrics_document(aggregates, detection, classification, inputs))
     except OSError as exc:
         raise InputError(f"cannot write to {args.output}: {exc.strerror or exc}") from None
-    print(format_tables(detection, classification))
+    print(format_tables(aggregates, detection, classification))
     log(f"wrote {args.output / METRICS_FILE} and {args.output / SWEEP_FILE}")
     return 0

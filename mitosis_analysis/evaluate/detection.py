@@ -93,6 +93,7 @@ class DetectionCase:
     probabilities: np.ndarray
     is_mitosis: np.ndarray
     domain: str | None = None
+    roi_type: str | None = None
 
     def __post_init__(self) -> None:
         m = len(self.points)

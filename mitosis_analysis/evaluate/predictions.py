@@ -8,15 +8,16 @@
   ``<folder>/007.tiff/<output file>``, where ``<output file>`` is the container's
   ``mitotic-figures.json`` (Track 1) or ``multiple-mitotic-figure-classification.json`` (Track 2).
   The second layout is what running the container once per image into ``<folder>/<stem>/``
-  produces.
+  produces. With a single ground-truth image, ``<folder>/<output file>`` (the container's output
+  folder itself) is taken too.
 * a **JSON file** mapping image names (or stems) to the content of those files:
   ``{"007.tiff": {"type": "Multiple points", "points": [...]}, ...}``.
 
-Track 1 files are read as the MIDOG evaluation reads them: a point without ``name`` counts as a
-"mitotic figure", one without ``probability`` has probability 0.5 (both with a warning).
-Track 2 files are lists of ``{"class": "normal"|"atypical", "confidence": c}``; by default
-``c`` is the confidence in the *predicted class* (the challenge's reading: P(atypical) = c for
-"atypical", 1 - c for "normal"); ``confidence="p-atypical"`` reads ``c`` as P(atypical) itself.
+Track 1 files are read, and refused, as the MIDOG 2025 evaluation reads and refuses them (see
+``parse_mitotic_figures``). Track 2 files are lists of ``{"class": "normal"|"atypical",
+"confidence": c}`` with ``c`` = P(atypical) (the MIDOG 2025 reading since 2025-07-27);
+``confidence="predicted-class"`` reads the superseded convention (confidence of the predicted
+class: P(atypical) = c for "atypical", 1 - c for "normal").
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import InputError
-from ..log import warn
-from ..settings import POINT_NAME_MITOSIS, TRACK1, TRACK2
+from ..settings import POINT_NAME_MITOSIS, POINT_NAME_REJECTED, TRACK1, TRACK2
+from .detection import MATCH_RADIUS_MM
 from .groundtruth import CLASS_IDS, load_json
 
 ConfidenceMeaning = Literal["predicted-class", "p-atypical"]
+VALID_POINT_NAMES = (POINT_NAME_MITOSIS, POINT_NAME_REJECTED)
+MAX_COORDINATE_MM = 10.0  # the Track 1 evaluation refuses larger coordinates
 
 
 def stem(name: str) -> str:
@@ -73,6 +76,8 @@ def collect(source: Path, names: Iterable[str], output_file: str) -> tuple[dict[
     used_paths = set()
     for name in names:
         hits = [p for p in candidate_paths(source, name, output_file) if p.is_file()]
+        if not hits and len(names) == 1 and (source / output_file).is_file():
+            hits = [source / output_file]  # one image: the container's output folder itself
         if len(hits) > 1:
             raise InputError(f"ambiguous predictions for {name}: {hits[0]} and {hits[1]}")
         if hits:
@@ -97,26 +102,32 @@ class DetectionPrediction:
 
 
 def parse_mitotic_figures(obj: Any, source: str) -> DetectionPrediction:
-    """A Track 1 output (``mitotic-figures.json``, "Multiple points") as arrays."""
+    """A Track 1 output (``mitotic-figures.json``, "Multiple points") as arrays.
+
+    Read as the MIDOG 2025 Track 1 evaluation reads it, and refused where it refuses: every point a
+    mapping with ``name`` ("mitotic figure" or "non-mitotic figure"), ``probability`` and
+    ``point``, coordinates in mm within [-7.5 um, 10 mm] (pixel coordinates are the usual cause)."""
     if not isinstance(obj, Mapping) or not isinstance(obj.get("points"), list):
         raise InputError(f"{source}: expected {{\"type\": \"Multiple points\", \"points\": [...]}}")
     xy, prob, mitosis = [], [], []
-    unnamed = unscored = 0
     for i, p in enumerate(obj["points"]):
         where = f"{source}: point {i}"
-        if not isinstance(p, Mapping) or not isinstance(p.get("point"), list) or len(p["point"]) < 2:
-            raise InputError(f"{where}: expected {{\"point\": [x_mm, y_mm, 0], ...}}")
-        xy.append((_finite(p["point"][0], where), _finite(p["point"][1], where)))
-        if "name" not in p:
-            unnamed += 1
-        mitosis.append(p.get("name", POINT_NAME_MITOSIS) == POINT_NAME_MITOSIS)
-        if "probability" not in p:
-            unscored += 1
-        prob.append(_finite(p.get("probability", 0.5), where))
-    if unnamed:
-        warn(f"{source}: {unnamed} point(s) without \"name\" count as \"{POINT_NAME_MITOSIS}\"")
-    if unscored:
-        warn(f"{source}: {unscored} point(s) without \"probability\" get 0.5")
+        if not isinstance(p, Mapping):
+            raise InputError(f"{where}: expected {{\"name\", \"point\", \"probability\"}}")
+        for key in ("name", "probability", "point"):
+            if key not in p:
+                raise InputError(f"{where}: no \"{key}\" (the MIDOG 2025 evaluation refuses such points)")
+        if p["name"] not in VALID_POINT_NAMES:
+            raise InputError(f"{where}: name {p['name']!r} is not one of {list(VALID_POINT_NAMES)}")
+        if not isinstance(p["point"], list) or len(p["point"]) < 2:
+            raise InputError(f"{where}: expected \"point\": [x_mm, y_mm, 0]")
+        x, y = _finite(p["point"][0], where), _finite(p["point"][1], where)
+        if min(x, y) < -MATCH_RADIUS_MM or max(x, y) > MAX_COORDINATE_MM:
+            raise InputError(f"{where}: coordinates ({x}, {y}) outside [-0.0075, {MAX_COORDINATE_MM}] mm: "
+                             "pixels instead of millimetres?")
+        xy.append((x, y))
+        mitosis.append(p["name"] == POINT_NAME_MITOSIS)
+        prob.append(_finite(p["probability"], where))
     return DetectionPrediction(
         points=np.asarray(xy, dtype=np.float64).reshape(-1, 2),
         probabilities=np.asarray(prob, dtype=np.float64),
@@ -125,9 +136,14 @@ def parse_mitotic_figures(obj: Any, source: str) -> DetectionPrediction:
 
 
 def parse_classifications(
-    obj: Any, source: str, confidence: ConfidenceMeaning = "predicted-class"
+    obj: Any, source: str, confidence: ConfidenceMeaning = "p-atypical"
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A Track 2 output as (P(atypical), predicted class 1 = atypical), one entry per crop."""
+    """A Track 2 output as (P(atypical), predicted class 1 = atypical), one entry per crop.
+
+    ``confidence`` is P(atypical), as the MIDOG 2025 Track 2 evaluation reads it since its commit
+    2d1b108 (2025-07-27); ``"predicted-class"`` reads it as the superseded commit 0b35ad1 did
+    (the confidence of the predicted class). As the evaluation, a confidence that is not a JSON
+    float (``1`` rather than ``1.0``) is refused."""
     if not isinstance(obj, list):
         raise InputError(f"{source}: expected a list of {{\"class\", \"confidence\"}}")
     scores, classes = [], []
@@ -135,6 +151,8 @@ def parse_classifications(
         where = f"{source}: entry {i}"
         if not isinstance(entry, Mapping) or entry.get("class") not in CLASS_IDS or "confidence" not in entry:
             raise InputError(f"{where}: expected {{\"class\": \"normal\"|\"atypical\", \"confidence\": number}}")
+        if not isinstance(entry["confidence"], float):
+            raise InputError(f"{where}: confidence {entry['confidence']!r} is not a float (the MIDOG 2025 evaluation refuses it)")
         c = _finite(entry["confidence"], where)
         if not 0.0 <= c <= 1.0:
             raise InputError(f"{where}: confidence {c} is outside [0, 1]")

@@ -55,8 +55,20 @@ def classification_table(report: ClassificationReport) -> str:
     return text
 
 
-def format_tables(detection: DetectionReport | None, classification: ClassificationReport | None) -> str:
-    parts = []
+def official_table(aggregates: dict) -> str:
+    """The official leaderboard figures, flat (nested Track 2 domains as ``domain_<d>.<key>``)."""
+    rows = []
+    for key, value in aggregates.items():
+        if isinstance(value, dict):
+            rows += [[f"{key}.{k}", _fmt(v)] for k, v in value.items()]
+        else:
+            rows.append([key, _fmt(value)])
+    return "Official MIDOG 2025 aggregates (metrics.json: aggregates)\n" + _table(["key", "value"], rows)
+
+
+def format_tables(aggregates: dict, detection: DetectionReport | None,
+                  classification: ClassificationReport | None) -> str:
+    parts = [official_table(aggregates)] if aggregates else []
     if detection is not None:
         parts.append(detection_table(detection))
     if classification is not None:
@@ -65,10 +77,13 @@ def format_tables(detection: DetectionReport | None, classification: Classificat
 
 
 def metrics_document(
-    detection: DetectionReport | None, classification: ClassificationReport | None, inputs: dict
+    aggregates: dict, detection: DetectionReport | None, classification: ClassificationReport | None, inputs: dict
 ) -> dict:
+    """``aggregates`` first (the official key names and values; the official NaN is null), then
+    the project's own views."""
     return {
-        "format_version": 1,
+        "aggregates": aggregates,
+        "format_version": 2,
         "inputs": inputs,
         "track1": None if detection is None else detection.as_dict(),
         "track2": None if classification is None else classification.as_dict(),
