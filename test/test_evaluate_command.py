@@ -180,6 +180,8 @@ def test_command_end_to_end(inputs, capsys):
     assert t1["sweep"]["f1"][30] == pytest.approx(6 / 8)
     # above 0.7 only the .9 and .8 hits stay: TP 2, FP 0, FN 1 -> the best F1, highest threshold 0.8
     assert t1["best_threshold"] == {"threshold": 0.8, "f1": pytest.approx(4 / 5)}
+    assert t1["operating_point"]["threshold"] == 0.5  # the container's threshold, marked
+    assert t1["operating_point"]["f1"] == pytest.approx(t1["sweep"]["f1"][50])
     assert t1["sweep"]["f1"][71:81] == pytest.approx([4 / 5] * 10)
     t2 = doc["track2"]
     # P(atypical) = [.1, .8, .6 | .3]; classes [n a a | n] vs labels [n a n | a]

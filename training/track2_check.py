@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         (tmp / "input" / INPUTS_JSON).write_text(json.dumps([{
             "interface": {"slug": TRACK2.slug, "relative_path": TRACK2.image_dir},
             "image": {"name": stack.name}}]))
-        labels = [{"image": stack.name, "labels": ["atypical" if y else "normal" for y in data.labels(test)]}]
+        labels = [{"image": stack.name, "labels": ["atypical" if y else "normal" for y in data.labels(test)],
+                   "tumordomains": [c.domain for c in test]}]
         (tmp / "labels.json").write_text(json.dumps(labels))
         run = [sys.executable, str(REPO_ROOT / "process.py"), "--input", str(tmp / "input"),
                "--output", str(tmp / "output" / "amibr-test"), "--device", args.device]

@@ -37,6 +37,9 @@ FROC_FP_RATES: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 AP_RECALL_LEVELS = np.linspace(0.0, 1.0, 101)
 # Detection thresholds of the sweep plot / JSON.
 SWEEP_THRESHOLDS = np.round(np.linspace(0.0, 1.0, 101), 2)
+# The container's operating point on that axis: its probabilities are sigmoid(logit - threshold),
+# so the shipped threshold (a logit in weights/manifest.json) is at probability 0.5 exactly.
+OPERATING_POINT = 0.5
 
 
 def domain_order(domain: str) -> tuple:
@@ -295,6 +298,11 @@ class DetectionReport:
         k = len(f1) - 1 - int(np.argmax(f1[::-1]))
         return float(self.sweep_thresholds[k]), float(f1[k])
 
+    def at_operating_point(self) -> dict | None:
+        """The sweep at probability 0.5, the container's shipped threshold."""
+        k = np.flatnonzero(np.isclose(self.sweep_thresholds, OPERATING_POINT))
+        return None if len(k) == 0 else {"threshold": OPERATING_POINT, **self.sweep[int(k[0])].as_dict()}
+
     def as_dict(self) -> dict:
         best = self.best
         return {
@@ -309,6 +317,7 @@ class DetectionReport:
                 "f1": [c.f1 for c in self.sweep],
             },
             "best_threshold": None if best is None else {"threshold": best[0], "f1": best[1]},
+            "operating_point": self.at_operating_point(),
         }
 
 

@@ -122,6 +122,7 @@ def write_sweep_plot(path: Path, detection: DetectionReport | None, classificati
             ax.set_xlabel("P(atypical) threshold")
             ax.set_title(f"Track 2: {report.overall.figures} figures, {report.overall.atypical} atypical")
             best, what = report.best, "BA"
+        ax.axvline(0.5, color="tab:green", lw=1.2, ls="-.", label="shipped operating point (0.5)")
         if best is not None:
             ax.axvline(best[0], color="grey", lw=0.8)
             ax.annotate(f"best {what} {best[1]:.3f} @ {best[0]:.2f}", (best[0], best[1]),
