@@ -29,6 +29,7 @@ class Candidate:
     score: float  # the detector's mitosis logit at the peak
     area: int  # pixels of the region (map >= floor) the candidate lies in
     atypical_logit: float | None = None
+    verification_logit: float | None = None  # stage 2, when the weights have a verifier
 
     def moved(self, dx: float, dy: float) -> "Candidate":
         return replace(self, x=self.x + dx, y=self.y + dy)

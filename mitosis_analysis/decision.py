@@ -47,7 +47,7 @@ class Detection:
 
     x: float
     y: float
-    logit: float  # the detector's mitosis logit at the candidate
+    logit: float  # the logit it was judged on: the verifier's (stage 2) or the detector's
     probability: float  # centred_probability(logit, detection threshold)
     is_mitosis: bool
     atypical_logit: float | None = None
@@ -55,16 +55,32 @@ class Detection:
     is_atypical: bool = False
 
 
+def detection_logit(c: Candidate, thresholds: Thresholds) -> tuple[float, float]:
+    """(the logit a candidate is judged on, the threshold it must reach): the verifier's when the
+    weights have one (stage 2; the detector only proposed the candidate), else the detector's."""
+    if thresholds.verification_logit is not None:
+        if c.verification_logit is None:
+            raise ValueError("a candidate was not verified although the weights have a verifier")
+        return c.verification_logit, thresholds.verification_logit
+    return c.score, thresholds.detection_logit
+
+
+def is_mitosis(c: Candidate, thresholds: Thresholds) -> bool:
+    z, t = detection_logit(c, thresholds)
+    return z >= t
+
+
 def decide_detections(candidates: Sequence[Candidate], thresholds: Thresholds) -> list[Detection]:
     """Candidates -> decided points, best first (ties by position: independent of input order)."""
-    ordered = sorted(candidates, key=lambda c: (-c.score, c.y, c.x))
+    judged = [(c, *detection_logit(c, thresholds)) for c in candidates]
+    judged.sort(key=lambda j: (-j[1], j[0].y, j[0].x))
     detections = []
-    for c in ordered:
-        is_mitosis = c.score >= thresholds.detection_logit
+    for c, z, t in judged:
+        is_mitosis = z >= t
         p_atyp = None if c.atypical_logit is None else float(centred_probability(c.atypical_logit, thresholds.atypical_logit))
         detections.append(Detection(
-            x=c.x, y=c.y, logit=c.score,
-            probability=float(centred_probability(c.score, thresholds.detection_logit)),
+            x=c.x, y=c.y, logit=z,
+            probability=float(centred_probability(z, t)),
             is_mitosis=is_mitosis,
             atypical_logit=c.atypical_logit,
             atypical_probability=p_atyp,

@@ -76,6 +76,7 @@ class Models:
     detector: OnnxModel
     classifier: OnnxModel
     manifest: Manifest
+    verifier: OnnxModel | None = None
 
     @property
     def provider(self) -> str:
@@ -89,13 +90,22 @@ class Models:
         """N x S x S x 3 uint8 crops -> N float32 P(atypical)."""
         return np.asarray(self.classifier(crops), dtype=np.float32).reshape(len(crops))
 
+    def verification_logit(self, crops: np.ndarray) -> np.ndarray:
+        """N x V x V x 3 uint8 crops around candidates -> N float32 logit of "mitosis, not a look-alike"."""
+        if self.verifier is None:
+            raise RuntimeError("these weights have no verifier")
+        return np.asarray(self.verifier(crops), dtype=np.float32).reshape(len(crops))
+
 
 def load_models(settings: Settings) -> Models:
     """Verify the weights against their manifest and open both sessions."""
     weights = Path(settings.weights_dir)
     manifest = Manifest.load(weights)
     paths = {}
-    for role, entry in (("detector", manifest.detector), ("classifier", manifest.classifier)):
+    roles = [("detector", manifest.detector), ("classifier", manifest.classifier)]
+    if manifest.verifier is not None:
+        roles.append(("verifier", manifest.verifier))
+    for role, entry in roles:
         if settings.verify_weights:
             paths[role] = manifest.verified_path(weights, entry)
         else:
@@ -107,11 +117,13 @@ def load_models(settings: Settings) -> Models:
         detector=OnnxModel(paths["detector"], manifest.detector, providers),
         classifier=OnnxModel(paths["classifier"], manifest.classifier, providers),
         manifest=manifest,
+        verifier=None if manifest.verifier is None else OnnxModel(paths["verifier"], manifest.verifier, providers),
     )
     if providers[0] == CUDA and models.provider != CUDA:
         if settings.device == "cuda":
             raise InputError("device 'cuda' requested but ONNX Runtime could not start the CUDA provider")
         warn("CUDA provider could not be started; running on the CPU")
     trained = "trained" if manifest.provenance.trained else "UNTRAINED (random) weights"
-    log(f"models: {trained}, provider {models.provider}")
+    stages = "detector + verifier" if models.verifier is not None else "detector"
+    log(f"models: {trained} ({stages}, atypical classifier), provider {models.provider}")
     return models

@@ -18,6 +18,8 @@ Model I/O contract (both models):
          three others, ``z_mitosis - logsumexp(z_others)`` of the 4-class segmentation logits.
   classifier output ``p_atypical``: float32 N, the probability that the crop is atypical (turned
          into a logit in float64 by ``decision.logit``).
+  verifier (optional stage 2) output ``logit``: float32 N, mitosis vs look-alike on an
+         ``input_size`` crop centred on a candidate.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import InputError
 from .settings import MANIFEST_FILE, SEGMENTATION_CLASSES
@@ -64,6 +66,9 @@ class Thresholds(BaseModel):
     candidate_floor_logit: float = Field(allow_inf_nan=False)
     # A crop whose atypical logit reaches this is "atypical".
     atypical_logit: float = Field(allow_inf_nan=False)
+    # With a verifier (stage 2): a candidate is a "mitotic figure" when the verifier's logit on a
+    # crop around it reaches this (the detector's logit then only proposes candidates).
+    verification_logit: float | None = Field(default=None, allow_inf_nan=False)
 
 
 class InferencePlan(BaseModel):
@@ -109,9 +114,17 @@ class Manifest(BaseModel):
     spacing_mm: float = Field(gt=0, description="pixel spacing the models were trained at, mm")
     detector: ModelEntry
     classifier: ModelEntry
+    # Stage 2 (optional): mitosis vs look-alike on a crop around each candidate, output ``logit``.
+    verifier: ModelEntry | None = None
     plan: InferencePlan = InferencePlan()
     thresholds: Thresholds
     provenance: Provenance
+
+    @model_validator(mode="after")
+    def _verifier_has_a_threshold(self) -> "Manifest":
+        if (self.verifier is None) != (self.thresholds.verification_logit is None):
+            raise ValueError("a verifier and thresholds.verification_logit go together")
+        return self
 
     @classmethod
     def load(cls, weights_dir: Path) -> "Manifest":

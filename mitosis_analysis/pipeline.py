@@ -1,5 +1,9 @@
 """The two tracks end to end, on arrays: read -> tile -> infer -> stitch -> points -> classify.
 
+Stage 1 proposes candidates (``detect_candidates``); stage 2, when the weights have a verifier,
+scores each on a crop around it (``verify_candidates``); the mitotic figures then get P(atypical)
+(``classify_candidates``). Whether a candidate is a mitotic figure is ``decision.is_mitosis``.
+
 All functions here take pixels and return candidates; reading files and writing JSON is done by
 the callers (``commands/process.py``, the slide mode, the benchmark). Coordinates are in pixels of
 the image passed in, pixel centres at integer positions.
@@ -13,7 +17,7 @@ import numpy as np
 
 from .candidates import Candidate, find_candidates, suppress_duplicates
 from .classify import classify_crops, extract_crops
-from .decision import logit
+from .decision import is_mitosis, logit
 from .inference import Models
 from .readers import RoiImage, resize_bilinear
 from .log import warn
@@ -83,8 +87,8 @@ def classify_candidates(
     """
     timer = timer or StageTimer()
     plan = models.manifest.plan
-    threshold = -np.inf if plan.classify_all_candidates else models.manifest.thresholds.detection_logit
-    chosen = [i for i, c in enumerate(candidates) if c.score >= threshold]
+    thresholds = models.manifest.thresholds
+    chosen = [i for i, c in enumerate(candidates) if plan.classify_all_candidates or is_mitosis(c, thresholds)]
     with timer.stage("classification"):
         centres = np.array([[candidates[i].x, candidates[i].y] for i in chosen], np.float64).reshape(-1, 2)
         z = classify_stack(extract_crops(pixels, centres, plan.crop_size), models, settings)
@@ -92,6 +96,23 @@ def classify_candidates(
     for i, zi in zip(chosen, z):
         result[i] = replace(result[i], atypical_logit=float(zi))
     return result
+
+
+def verify_candidates(
+    pixels: np.ndarray, candidates: list[Candidate], models: Models, settings: Settings,
+    timer: StageTimer | None = None,
+) -> list[Candidate]:
+    """Stage 2, when the weights have a verifier: ``verification_logit`` of every candidate from a
+    crop centred on it (``pixels`` at model spacing). Without a verifier, candidates pass unchanged."""
+    if models.verifier is None or not candidates:
+        return list(candidates)
+    timer = timer or StageTimer()
+    with timer.stage("verification"):
+        centres = np.array([[c.x, c.y] for c in candidates], np.float64)
+        crops = extract_crops(pixels, centres, models.manifest.verifier.input_size)
+        z = np.concatenate([models.verification_logit(crops[i : i + settings.classifier_batch_size])
+                            for i in range(0, len(crops), settings.classifier_batch_size)])
+    return [replace(c, verification_logit=float(zi)) for c, zi in zip(candidates, z)]
 
 
 def analyse_roi(roi: RoiImage, models: Models, settings: Settings, timer: StageTimer | None = None) -> list[Candidate]:
@@ -103,6 +124,7 @@ def analyse_roi(roi: RoiImage, models: Models, settings: Settings, timer: StageT
     timer = timer or StageTimer()
     pixels, scale = at_model_spacing(roi, models.manifest.spacing_mm, models.manifest.plan.spacing_tolerance)
     candidates = detect_candidates(pixels, models, settings, timer)
+    candidates = verify_candidates(pixels, candidates, models, settings, timer)
     candidates = classify_candidates(pixels, candidates, models, settings, timer)
     if scale != (1.0, 1.0):
         candidates = [_rescaled(c, scale) for c in candidates]

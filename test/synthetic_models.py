@@ -57,15 +57,43 @@ def classifier_model() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
 
 
+VERIFIER_SIZE = 32
+VERIFIER_DARK = 0.2  # mean RGB of the central 8 x 8 px under which the verifier says "mitosis"
+
+
+def verifier_model() -> onnx.ModelProto:
+    """logit = SHARPNESS * (VERIFIER_DARK - mean RGB of the crop's central 8 x 8 px)."""
+    c0, c1 = VERIFIER_SIZE // 2 - 4, VERIFIER_SIZE // 2 + 4
+    nodes = [
+        helper.make_node("Constant", [], ["starts"], value=helper.make_tensor("s", TensorProto.INT64, [2], [c0, c0])),
+        helper.make_node("Constant", [], ["ends"], value=helper.make_tensor("e", TensorProto.INT64, [2], [c1, c1])),
+        helper.make_node("Constant", [], ["axes"], value=helper.make_tensor("a", TensorProto.INT64, [2], [2, 3])),
+        helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["centre"]),
+        helper.make_node("ReduceMean", ["centre"], ["gray"], axes=[1, 2, 3], keepdims=0),
+        _const("vdark", VERIFIER_DARK),
+        _const("vk", SHARPNESS),
+        helper.make_node("Sub", ["vdark", "gray"], ["vd"]),
+        helper.make_node("Mul", ["vd", "vk"], ["logit"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "synthetic_verifier",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, VERIFIER_SIZE, VERIFIER_SIZE])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N"])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION)
+
+
 def write_weights(folder: Path, detection: float = 0.5, atypical: float = 0.5, floor: float = 0.1,
-                  **plan) -> Path:
-    """Write both models and a valid manifest into ``folder``; returns ``folder``. The thresholds
-    are given as probabilities (the manifest stores their logits); ``plan`` overrides fields of
-    the inference plan."""
+                  verification: float | None = None, **plan) -> Path:
+    """Write the models and a valid manifest into ``folder``; returns ``folder``. The thresholds
+    are given as probabilities (the manifest stores their logits); ``verification`` adds the
+    synthetic stage-2 verifier with that threshold; ``plan`` overrides fields of the inference plan."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = {}
-    for role, model, out, size in (("detector", detector_model(), "mitosis_logit", 512),
-                                   ("classifier", classifier_model(), "p_atypical", 128)):
+    models = [("detector", detector_model(), "mitosis_logit", 512), ("classifier", classifier_model(), "p_atypical", 128)]
+    if verification is not None:
+        models.append(("verifier", verifier_model(), "logit", VERIFIER_SIZE))
+    for role, model, out, size in models:
         path = folder / f"{role}.onnx"
         onnx.save(model, path)
         entries[role] = {
@@ -76,7 +104,8 @@ def write_weights(folder: Path, detection: float = 0.5, atypical: float = 0.5, f
     manifest = {
         "format_version": 2, "spacing_mm": 0.00025, **entries, "plan": plan,
         "thresholds": {"detection_logit": float(logit(detection)), "candidate_floor_logit": float(logit(floor)),
-                       "atypical_logit": float(logit(atypical))},
+                       "atypical_logit": float(logit(atypical)),
+                       "verification_logit": None if verification is None else float(logit(verification))},
         "provenance": {"trained": False, "command": "test/synthetic_models.py", "data": "none"},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))

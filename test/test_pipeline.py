@@ -72,3 +72,28 @@ def test_classify_stack_page_order(models, settings):
     crops = np.zeros((3, 128, 128, 3), np.uint8)
     crops[:, :, :, 1] = np.array([0, 128, 255], np.uint8)[:, None, None]
     np.testing.assert_allclose(sigmoid(classify_stack(crops, models, settings)), [0, 128 / 255, 1], atol=1e-5)
+
+
+def test_the_verifier_decides_which_candidates_are_mitotic_figures(tmp_path):
+    """Stage 2: the detector proposes both dark disks; the verifier (central 8 x 8 px darker than
+    0.2 mean RGB) accepts the darker one only. Its logit is what the decision and the written
+    probability are made on."""
+    from mitosis_analysis.decision import decide_detections
+    from mitosis_analysis.inference import load_models
+    from mitosis_analysis.settings import Settings
+    from synthetic_models import write_weights
+
+    weights = write_weights(tmp_path / "w", verification=0.5)
+    settings = Settings(weights_dir=weights, device="cpu")
+    models = load_models(settings)
+    image = roi_with_figures(512, 512, [(150.0, 150.0)], nucleus=(20, 20, 20))  # mean 0.08: accepted
+    image[(np.mgrid[0:512, 0:512][1] - 350) ** 2 + (np.mgrid[0:512, 0:512][0] - 300) ** 2 <= 36] = (70, 70, 70)  # 0.27
+    roi = RoiImage(image, (0.00025, 0.00025), False, None)
+    cands = sorted(analyse_roi(roi, models, settings), key=lambda c: c.x)
+    assert len(cands) == 2 and all(c.verification_logit is not None for c in cands)
+    assert cands[0].verification_logit == pytest.approx(40 * (0.2 - 20 / 255), abs=1e-3)
+    assert cands[1].verification_logit == pytest.approx(40 * (0.2 - 70 / 255), abs=1e-3)
+    detections = decide_detections(cands, models.manifest.thresholds)
+    assert [(round(d.x), d.is_mitosis) for d in detections] == [(150, True), (350, False)]
+    assert detections[1].probability == pytest.approx(1 / (1 + np.exp(-40 * (0.2 - 70 / 255))), rel=1e-3)
+    assert cands[0].atypical_logit is not None and cands[1].atypical_logit is None  # only figures classified

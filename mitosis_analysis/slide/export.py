@@ -101,7 +101,7 @@ class SlideSummary(BaseModel):
     atypical_fraction: float | None  # atypical / mitotic figures
     hotspot: HotspotSummary
     candidates: int
-    thresholds: dict[str, float]
+    thresholds: dict[str, float | None]
     weights_trained: bool
     regions_total: int
     regions_with_tissue: int

@@ -98,7 +98,8 @@ class Journal:
                 records[entry["index"]] = RegionRecord(
                     index=entry["index"],
                     tiles=entry["tiles"],
-                    candidates=[Candidate(x=c[0], y=c[1], score=c[2], area=c[3], atypical_logit=c[4])
+                    candidates=[Candidate(x=c[0], y=c[1], score=c[2], area=c[3], atypical_logit=c[4],
+                                          verification_logit=c[5] if len(c) > 5 else None)
                                 for c in entry["candidates"]],
                     error=entry.get("error"),
                 )
@@ -119,7 +120,7 @@ class Journal:
             "kind": "region",
             "index": record.index,
             "tiles": record.tiles,
-            "candidates": [[c.x, c.y, c.score, c.area, c.atypical_logit] for c in record.candidates],
+            "candidates": [[c.x, c.y, c.score, c.area, c.atypical_logit, c.verification_logit] for c in record.candidates],
             **({"error": record.error} if record.error else {}),
         })
         self.records[record.index] = record

@@ -35,7 +35,7 @@ from ..inference import Models, load_models
 from ..manifest import InferencePlan
 from ..log import log, warn
 from ..outputs import check_writable
-from ..pipeline import classify_candidates, detect_candidates
+from ..pipeline import classify_candidates, detect_candidates, verify_candidates
 from ..settings import Settings
 from ..tiling import tile_grid
 from ..timing import StageTimer
@@ -186,7 +186,8 @@ def _run_header(path, source, view: SlideView, mask: TissueMask, models: Models,
         "version": __version__,
         "slide": {"name": path.name, "fingerprint": slide_fingerprint(path), "backend": source.backend,
                   "level": view.level, "grid": [view.width, view.height]},
-        "weights": {"detector": models.manifest.detector.sha256, "classifier": models.manifest.classifier.sha256},
+        "weights": {"detector": models.manifest.detector.sha256, "classifier": models.manifest.classifier.sha256,
+                    "verifier": None if models.manifest.verifier is None else models.manifest.verifier.sha256},
         "settings": pipeline_settings,
         "options": slide_options,
         "tissue_mask": hashlib.sha256(np.packbits(mask.inference).tobytes()).hexdigest(),
@@ -265,6 +266,7 @@ def _region_candidates(region: Region, pixels: np.ndarray, mask: TissueMask, mod
         c for c in candidates
         if cx0 - margin <= c.x + bx0 < cx1 + margin and cy0 - margin <= c.y + by0 < cy1 + margin
     ]
+    kept = verify_candidates(pixels, kept, full_models, settings, timer)
     kept = classify_candidates(pixels, kept, full_models, settings, timer)
     return [c.moved(bx0, by0) for c in kept]
 
