@@ -1,10 +1,10 @@
 """From a mitosis logit map to scored candidate points, duplicates suppressed.
 
-Candidates are the **local maxima** of the map inside the regions where it reaches the floor (the
-regions only bound the search and each candidate's extent). A plateau of equal maxima counts once,
-at its centre. Each candidate is placed at the probability-weighted centroid of its region's pixels
-within ``centroid_radius`` of the peak (sub-pixel, and stable when the peak pixel is noisy) and
-scored by the peak's logit. Of candidates closer than the suppression radius only the best-scoring
+Candidates are the **local maxima** of the map (3 x 3 neighbourhood) where it reaches the floor;
+the regions of ``map >= floor`` bound each candidate's extent. A plateau of equal maxima counts
+once, at its centre. Each candidate is placed at the probability-weighted centroid of its region's
+pixels within ``centroid_radius`` of the peak (sub-pixel, and stable when the peak pixel is noisy)
+and scored by the peak's logit. Of candidates closer than the suppression radius only the best-scoring
 one is kept (greedy, as non-maximum suppression), so kept candidates are at least that far apart
 and two figures in one region are two candidates.
 
@@ -38,42 +38,51 @@ class Candidate:
 def find_candidates(logits: np.ndarray, floor: float, centroid_radius: float = 12.0) -> list[Candidate]:
     """Local maxima of ``logits`` (H x W) that reach ``floor``, each with its centroid and peak.
 
-    Each region of ``logits >= floor`` is measured inside its own bounding box, so time and memory
-    follow the regions' size rather than the map's.
+    Vectorised over the map (scipy.ndimage filters and labels, numpy gathers); the per-candidate
+    work is a gather of its (2r+1)^2 neighbourhood, done for all candidates at once in chunks.
     """
-    labels, _ = ndimage.label(logits >= floor)
-    reach = int(np.ceil(centroid_radius))
-    candidates = []
-    for index, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        inside = labels[box] == index
-        z = np.where(inside, logits[box], -np.inf).astype(np.float64)
-        peaks = inside & (z == ndimage.maximum_filter(z, size=3, mode="constant", cval=-np.inf))
-        groups, n = ndimage.label(peaks, structure=_NEIGHBOURS)
-        if n == 0:
-            continue
-        area = int(np.count_nonzero(inside))
-        weight = np.where(inside, 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))), 0.0)
-        centres = ndimage.center_of_mass(peaks, groups, range(1, n + 1))
-        values = ndimage.maximum(z, groups, range(1, n + 1))
-        for (py, px), value in zip(centres, values):
-            cx, cy = _weighted_centroid(weight, px, py, centroid_radius, reach)
-            candidates.append(Candidate(x=box[1].start + cx, y=box[0].start + cy, score=float(value), area=area))
-    return candidates
+    above = logits >= floor
+    regions, _ = ndimage.label(above, structure=_NEIGHBOURS)
+    z = np.where(above, logits, -np.inf)
+    peaks = above & (z == ndimage.maximum_filter(z, size=3, mode="constant", cval=-np.inf))
+    groups, n = ndimage.label(peaks, structure=_NEIGHBOURS)
+    if n == 0:
+        return []
+    ys, xs = np.nonzero(peaks)
+    g = groups[ys, xs]
+    count = np.bincount(g, minlength=n + 1)[1:].astype(np.float64)
+    cy = np.bincount(g, ys, minlength=n + 1)[1:] / count  # a plateau of equal maxima: its centre
+    cx = np.bincount(g, xs, minlength=n + 1)[1:] / count
+    first = np.zeros(n + 1, np.int64)
+    first[g[::-1]] = np.arange(len(g))[::-1]  # one pixel of each group
+    value = logits[ys[first[1:]], xs[first[1:]]].astype(np.float64)
+    region = regions[ys[first[1:]], xs[first[1:]]]
+    area = np.bincount(regions.ravel(), minlength=region.max() + 1)[region]
+    wx, wy = _weighted_centroids(logits, regions, region, cx, cy, centroid_radius)
+    return [Candidate(x=float(a), y=float(b), score=float(v), area=int(r)) for a, b, v, r in zip(wx, wy, value, area)]
 
 
-def _weighted_centroid(weight: np.ndarray, px: float, py: float, radius: float, reach: int) -> tuple[float, float]:
-    """Weighted centroid of ``weight`` within ``radius`` of (px, py), in the array's pixels."""
-    r0, c0 = max(0, int(np.floor(py)) - reach), max(0, int(np.floor(px)) - reach)
-    w = weight[r0 : int(np.ceil(py)) + reach + 1, c0 : int(np.ceil(px)) + reach + 1]
-    rows = np.arange(r0, r0 + w.shape[0], dtype=np.float64)[:, None]
-    cols = np.arange(c0, c0 + w.shape[1], dtype=np.float64)[None, :]
-    w = np.where((rows - py) ** 2 + (cols - px) ** 2 <= radius * radius, w, 0.0)
-    total = w.sum()
-    if total <= 0:
-        return px, py
-    return float((w * cols).sum() / total), float((w * rows).sum() / total)
+def _weighted_centroids(logits: np.ndarray, regions: np.ndarray, region: np.ndarray, px: np.ndarray, py: np.ndarray,
+                        radius: float, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Per peak: the centroid of sigmoid(logit) over the pixels of its own region within ``radius``
+    of (px, py). All peaks at once: each gathers its (2r+1)^2 neighbourhood (chunks bound memory)."""
+    reach = int(np.ceil(radius))
+    oy, ox = np.mgrid[-reach : reach + 1, -reach : reach + 1]
+    h, w = logits.shape
+    out_x, out_y = px.copy(), py.copy()
+    for s in range(0, len(px), chunk):
+        ry, rx = np.rint(py[s : s + chunk]).astype(np.int64), np.rint(px[s : s + chunk]).astype(np.int64)
+        yy, xx = ry[:, None, None] + oy, rx[:, None, None] + ox
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+        yc, xc = np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)
+        near = (yy - py[s : s + chunk, None, None]) ** 2 + (xx - px[s : s + chunk, None, None]) ** 2 <= radius * radius
+        keep = inside & near & (regions[yc, xc] == region[s : s + chunk, None, None])
+        weight = np.where(keep, 1.0 / (1.0 + np.exp(-np.clip(logits[yc, xc].astype(np.float64), -50, 50))), 0.0)
+        total = weight.sum(axis=(1, 2))
+        ok = total > 0
+        out_x[s : s + chunk][ok] = (weight * xx).sum(axis=(1, 2))[ok] / total[ok]
+        out_y[s : s + chunk][ok] = (weight * yy).sum(axis=(1, 2))[ok] / total[ok]
+    return out_x, out_y
 
 
 def suppress_duplicates(candidates: list[Candidate], radius: float) -> list[Candidate]:
