@@ -21,6 +21,7 @@ from .stitching import Stitcher
 from .tiling import iter_batches, pad_to_tile, tile_grid
 from .timing import StageTimer
 from .tissue import tissue_fraction
+from .validation import check_pixel_budget, shown
 
 
 def mitosis_probability_map(
@@ -114,6 +115,12 @@ def at_model_spacing(roi: RoiImage, model_spacing_mm: float, settings: Settings)
         return roi.pixels, (1.0, 1.0)
     h, w = roi.shape
     shape = (max(1, round(h / fy)), max(1, round(w / fx)))
+    # an ROI tagged at a coarse spacing would be blown up to a size no pipeline run can hold
+    check_pixel_budget(
+        shape[1], shape[0], settings.max_image_pixels,
+        f"{shown(roi.path.name)} at {roi.spacing_mm[0] * 1000:.3g} um/px, resampled to the models' "
+        f"{model_spacing_mm * 1000:.3g} um/px",
+    )
     warn(
         f"{roi.path.name}: spacing {roi.spacing_mm[0] * 1000:.3f} um/px differs from the models' "
         f"{model_spacing_mm * 1000:.3f} um/px; resampling {w}x{h} -> {shape[1]}x{shape[0]} px"

@@ -15,7 +15,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InputError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
@@ -90,6 +92,18 @@ class Settings(BaseModel):
     # Test-time augmentation of the classifier by flips (1 = off, 2, 4 or 8 views).
     classifier_tta: Literal[1, 2, 4, 8] = 4
     verify_weights: bool = True
+    # --- Input safety (issue #12; README "Bad input"). Checked against what a file *declares*,
+    # before anything is decoded. A MIDOG ROI is 7215 x 5412 = 39 Mpx (about 1.5 GiB of peak
+    # memory end to end); 64 Mpx keeps a run near 2.5 GiB, under a 4 GiB container.
+    # Most pixels of one image (a Track 1 ROI, a Track 2 page, an ROI after resampling to the
+    # models' spacing), width x height (x depth).
+    max_image_pixels: int = Field(default=64_000_000, ge=1)
+    # Most pages (IFDs) of a TIFF, and most crops of a Track 2 stack.
+    max_stack_pages: int = Field(default=100_000, ge=1)
+    # Most pixels of an MHA stack, which SimpleITK reads whole (256 Mpx = 15,600 crops of 128^2).
+    max_stack_pixels: int = Field(default=256_000_000, ge=1)
+    # Crops of a Track 2 stack read and classified at a time (memory stays flat with the stack).
+    stack_chunk_pages: int = Field(default=1024, ge=1)
 
     def stride(self) -> int:
         """Largest step between tile starts for the requested overlap (512 px, 50 % -> 256)."""
@@ -104,4 +118,12 @@ class Settings(BaseModel):
             if raw is not None:
                 values[name] = raw
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.model_validate(values)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:  # a bad MITOSIS_* value or option: one line, not a traceback
+            err = exc.errors()[0]
+            name = ".".join(str(x) for x in err["loc"])
+            given = values.get(name, err.get("input"))
+            raise InputError(
+                f"invalid setting {name} = {given!r} (MITOSIS_{name.upper()} or its option): {err['msg']}"
+            ) from None

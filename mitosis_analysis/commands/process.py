@@ -1,6 +1,8 @@
 """The container job: every input of ``/input`` processed, outputs written to ``/output``.
 
-All jobs run before anything is written, so bad input never leaves a partial set of outputs.
+All jobs run before anything is written, and the outputs are written as one set (all files or
+none, ``output_set.py``), so bad input, a full disk or an unwritable target never leaves a
+partial set of outputs.
 """
 
 from __future__ import annotations
@@ -9,20 +11,24 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..inference import load_models
 from ..jobs import Job, plan_jobs
 from ..log import log
+from ..output_set import output_targets, write_output_set
 from ..outputs import (
     check_writable,
     classification_document,
+    json_bytes,
     points_document,
     to_jsonable,
-    write_json_atomic,
 )
 from ..pipeline import analyse_roi, classify_stack
 from ..readers import read_roi, read_stack
 from ..settings import TRACK1, Settings
 from ..timing import StageTimer
+from ..validation import shown
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,11 +43,11 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env(weights_dir=args.weights, device=args.device, batch_size=args.batch_size)
     jobs = plan_jobs(args.input)
     check_writable(args.output)
+    output_targets(args.output, [job.output for job in jobs])  # refused before any work
     models = load_models(settings)
-    documents = [(job, run_job(job, models, settings)) for job in jobs]
-    for job, document in documents:
-        write_json_atomic(args.output / job.output, document)
-        log(f"wrote {args.output / job.output}")
+    documents = {job.output: json_bytes(run_job(job, models, settings)) for job in jobs}
+    for path in write_output_set(args.output, documents):
+        log(f"wrote {path}")
     return 0
 
 
@@ -57,13 +63,13 @@ def run_job(job: Job, models, settings: Settings) -> object:
         document = points_document(candidates, roi.spacing_mm, thresholds.detection)
         n_mitoses = sum(p.name == "mitotic figure" for p in document.points)
         log(
-            f"{job.image.name}: {w}x{h} px at {roi.spacing_mm[0] * 1000:.4g} um/px, "
+            f"{shown(job.image.name)}: {w}x{h} px at {roi.spacing_mm[0] * 1000:.4g} um/px, "
             f"{len(candidates)} candidates, {n_mitoses} mitotic figures ({timer.summary()})"
         )
     else:
-        crops = read_stack(job.image, settings.crop_size)
-        p = classify_stack(crops, models, settings)
+        # chunk by chunk: memory stays flat however many pages the stack has
+        p = np.concatenate([classify_stack(chunk, models, settings) for chunk in read_stack(job.image, settings)])
         document = classification_document(p, thresholds.atypical)
         n_atypical = sum(d.class_ == "atypical" for d in document)
-        log(f"{job.image.name}: {len(crops)} crops, {n_atypical} atypical ({time.perf_counter() - start:.2f} s)")
+        log(f"{shown(job.image.name)}: {len(p)} crops, {n_atypical} atypical ({time.perf_counter() - start:.2f} s)")
     return to_jsonable(document)
