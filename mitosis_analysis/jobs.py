@@ -41,7 +41,8 @@ def plan_jobs(input_dir: Path) -> list[Job]:
     manifest = input_dir / INPUTS_JSON
     if manifest.exists() or manifest.is_symlink():
         return _jobs_from_inputs_json(input_dir, contained_file(manifest, input_dir))
-    images = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in ROI_SUFFIXES + SLIDE_SUFFIXES and p.is_file())
+    # anything named like an image but a folder: a device or a link leading out is refused below
+    images = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in ROI_SUFFIXES + SLIDE_SUFFIXES and not p.is_dir())
     if not images:
         raise InputError(f"no {INPUTS_JSON} and no image (.tif, .tiff, .mha) in {shown(input_dir)}")
     images = [contained_file(p, input_dir) for p in images]

@@ -201,9 +201,10 @@ def _read_tiff(path: Path, settings: Settings) -> tuple[np.ndarray, tuple[float,
         with tifffile.TiffFile(path) as tif:
             pages = _pages(tif, chain, name)
             page = pages[0]
-            # Further pages may be a pyramid (reduced-resolution), a thumbnail or a mask of the
-            # same image; another full-resolution image would be silently ignored: refuse.
-            extra = [i for i, p in enumerate(pages[1:], 1) if not (p.subfiletype & 0b111)]
+            # Further pages may be a pyramid level or thumbnail (NewSubfileType bit 0, reduced
+            # resolution) or a mask (bit 2) of the same image; another full-resolution page would
+            # be silently ignored: refuse.
+            extra = [i for i, p in enumerate(pages[1:], 1) if not (p.subfiletype & 0b101)]
             if extra:
                 raise InputError(
                     f"{name}: a Track 1 region is one image, this TIFF holds {len(extra) + 1} full-size pages "
@@ -242,7 +243,7 @@ def decode_page(page, path: Path, budget: int) -> np.ndarray:
     _check_complete(page, path)
     photometric = tifffile.PHOTOMETRIC
     kind = page.photometric
-    if kind == photometric.YCBCR and page.compression not in (6, 7, 33007, 34892):  # JPEG variants
+    if kind == photometric.YCBCR and page.compression not in JPEG_COMPRESSIONS:
         raise InputError(f"{name}: uncompressed YCbCr TIFF is not supported; refused")
     if kind not in (photometric.MINISBLACK, photometric.MINISWHITE, photometric.RGB, photometric.PALETTE,
                     photometric.SEPARATED, photometric.YCBCR):
@@ -260,6 +261,10 @@ def decode_page(page, path: Path, budget: int) -> np.ndarray:
             raise InputError(f"{name}: separated (ink) image that is not CMYK; refused")
         return cmyk_to_rgb(pixels, name)
     return pixels
+
+
+# Compressions whose decoder turns YCbCr into RGB (JPEG, old JPEG, JPEG 2000 variants)
+JPEG_COMPRESSIONS = (6, 7, 33003, 33004, 33005, 33007, 34712, 34892)
 
 
 def _check_complete(page, path: Path) -> None:
@@ -323,6 +328,8 @@ def read_stack(path: Path, settings: Settings) -> Iterator[np.ndarray]:
         chain = tiff_ifd_chain(path, settings.max_stack_pages)
         pages = _tiff_stack_pages(path, chain, settings)
     elif suffix == ".mha":
+        header = mha_header(path, settings.max_stack_pixels)
+        check_pixel_budget(header.dims[0], header.dims[1], settings.max_image_pixels, f"{shown(path.name)} (one page)")
         pixels, _, header = _read_mha(path, settings.max_stack_pixels)
         pages = iter(_split_pages(pixels, header))
     else:

@@ -101,6 +101,14 @@ def test_legacy_image_symlink_out_of_the_input_is_refused(tmp_path, synthetic_we
     refused(capsys, run(inp, tmp_path / "out", synthetic_weights), "leads outside the input folder", tmp_path / "out")
 
 
+def test_legacy_device_named_like_an_image_is_refused(tmp_path, synthetic_weights, capsys):
+    inp = tmp_path / "input"
+    write_roi(inp / "001.tif")
+    os.symlink("/dev/zero", inp / "002.tif")
+    refused(capsys, run(inp, tmp_path / "out", synthetic_weights), "002.tif leads outside the input folder",
+            tmp_path / "out")
+
+
 def test_symlink_inside_the_input_is_read(tmp_path, synthetic_weights):
     inp = track1_case(tmp_path)
     (inp / T1_DIR / "roi.tif").rename(inp / "real.tif")
@@ -266,6 +274,10 @@ def test_multipage_tiff_as_track1_roi_is_refused(tmp_path, synthetic_weights, ca
     image = roi_with_figures(600, 640, FIGURES)
     tifffile.imwrite(inp / T1_DIR / "roi.tif", np.stack([image, image]))
     refused(capsys, run(inp, tmp_path / "out", synthetic_weights), "2 full-size pages", tmp_path / "out")
+    with tifffile.TiffWriter(inp / T1_DIR / "roi.tif") as w:  # pages flagged "page of a multi-page image"
+        for _ in range(3):
+            w.write(image, subfiletype=2)
+    refused(capsys, run(inp, tmp_path / "out", synthetic_weights), "3 full-size pages", tmp_path / "out")
 
 
 def test_pyramid_pages_of_an_roi_are_not_extra_images(tmp_path, synthetic_weights):
