@@ -122,7 +122,7 @@ def at_model_spacing(roi: RoiImage, model_spacing_mm: float, settings: Settings)
         f"{model_spacing_mm * 1000:.3g} um/px",
     )
     warn(
-        f"{roi.path.name}: spacing {roi.spacing_mm[0] * 1000:.3f} um/px differs from the models' "
+        f"{shown(roi.path.name)}: spacing {roi.spacing_mm[0] * 1000:.3f} um/px differs from the models' "
         f"{model_spacing_mm * 1000:.3f} um/px; resampling {w}x{h} -> {shape[1]}x{shape[0]} px"
     )
     return resize_bilinear(roi.pixels, shape), (w / shape[1], h / shape[0])

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -116,7 +116,7 @@ class Settings(BaseModel):
         for name, field in cls.model_fields.items():
             raw = os.environ.get(f"MITOSIS_{name.upper()}")
             if raw is not None:
-                values[name] = raw
+                values[name] = _literal_int(raw, field.annotation)
         values.update({k: v for k, v in overrides.items() if v is not None})
         try:
             return cls.model_validate(values)
@@ -127,3 +127,15 @@ class Settings(BaseModel):
             raise InputError(
                 f"invalid setting {name} = {given!r} (MITOSIS_{name.upper()} or its option): {err['msg']}"
             ) from None
+
+
+def _literal_int(raw: str, annotation) -> object:
+    """Environment strings are coerced by pydantic, except into a Literal of ints
+    (``MITOSIS_CLASSIFIER_TTA=4``): those are parsed here."""
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal and args and all(isinstance(a, int) for a in args):
+        try:
+            return int(raw)
+        except ValueError:
+            return raw
+    return raw

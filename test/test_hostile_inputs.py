@@ -458,6 +458,14 @@ def test_bad_options_and_settings_are_one_line(tmp_path, synthetic_weights, args
     assert not (tmp_path / "o" / T1_OUT).exists()
 
 
+def test_literal_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MITOSIS_CLASSIFIER_TTA", "1")
+    assert Settings.from_env().classifier_tta == 1
+    monkeypatch.setenv("MITOSIS_CLASSIFIER_TTA", "3")
+    with pytest.raises(InputError, match="invalid setting classifier_tta = 3"):
+        Settings.from_env()
+
+
 def test_output_target_that_is_a_folder_is_refused_before_work(tmp_path, synthetic_weights, capsys):
     (tmp_path / "out" / T1_OUT).mkdir(parents=True)
     refused(capsys, run(track1_case(tmp_path), tmp_path / "out", synthetic_weights), "it is a folder")
