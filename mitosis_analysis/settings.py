@@ -93,8 +93,9 @@ class Settings(BaseModel):
     classifier_tta: Literal[1, 2, 4, 8] = 4
     verify_weights: bool = True
     # --- Input safety (issue #12; README "Bad input"). Checked against what a file *declares*,
-    # before anything is decoded. A MIDOG ROI is 7215 x 5412 = 39 Mpx (about 1.5 GiB of peak
-    # memory end to end); 64 Mpx keeps a run near 2.5 GiB, under a 4 GiB container.
+    # before anything is decoded. A MIDOG ROI is 7215 x 5412 = 39 Mpx (1.51 GiB peak RSS end to
+    # end); a 64 Mpx ROI (8000 x 8000) peaked at 2.42 GiB (benchmarks/benchmark.py --sizes
+    # 8000x8000 --repeat 1), under a 4 GiB container.
     # Most pixels of one image (a Track 1 ROI, a Track 2 page, an ROI after resampling to the
     # models' spacing), width x height (x depth).
     max_image_pixels: int = Field(default=64_000_000, ge=1)

@@ -526,3 +526,17 @@ def test_file_name_with_a_newline_gives_one_line(tmp_path, synthetic_weights, ca
     assert "cannot read TIFF" in line
     inputs_json(inp, (T1_SLUG, T1_DIR, "x\ny.tif"))
     refused(capsys, run(inp, tmp_path / "out", synthetic_weights), "x\\ny.tif is not a plain file name")
+
+
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_ifd_chain_walk_reads_every_tiff_flavour_and_catches_its_truncation(tmp_path, byteorder, bigtiff):
+    stack = np.stack([np.full((128, 128, 3), 30 * i, np.uint8) for i in range(4)])
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, stack, byteorder=byteorder, bigtiff=bigtiff)
+    out = np.concatenate(list(read_stack(path, S)))
+    assert [int(p[0, 0, 0]) for p in out] == [0, 30, 60, 90]
+    last = hf.ifd_offsets(path)[-1]
+    path.write_bytes(path.read_bytes()[: last + 4])  # cut inside the last IFD
+    with pytest.raises(InputError, match="truncated"):
+        read_stack(path, S)
