@@ -13,6 +13,7 @@ import sys
 
 from .errors import InputError
 from .log import error
+from .validation import shown
 
 # command -> (module, one-line help)
 COMMANDS = {
@@ -36,9 +37,17 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     module_name, help_ = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"mitosis-analysis {name}", description=help_)
+    parser = OneLineErrorParser(prog=f"mitosis-analysis {name}", description=help_)
     module.add_arguments(parser)
     return guarded(module.run, parser.parse_args(rest))
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A bad option (``--batch-size x``) is one ``error:`` line and exit code 2, as bad input is."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {shown(message)} (see '{self.prog} --help')\n")
+        sys.exit(2)
 
 
 def guarded(fn, *args) -> int:
@@ -46,8 +55,15 @@ def guarded(fn, *args) -> int:
     try:
         return int(fn(*args) or 0)
     except InputError as exc:
-        error(str(exc))
+        error(shown(str(exc)))
         return exc.exit_code
+    except OSError as exc:  # the machine, not the code: a full disk, an I/O error on the input
+        where = f": {exc.filename}" if exc.filename else ""
+        error(shown(f"{exc.strerror or exc}{where}"))
+        return 2
+    except RecursionError:
+        error("input nested too deeply")
+        return 2
     except KeyboardInterrupt:
         error("interrupted")
         return 130

@@ -8,12 +8,20 @@ Track 1 case.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .log import warn
 from .settings import INPUTS_JSON, INTERFACES, ROI_SUFFIXES, SLIDE_SUFFIXES, TRACK1, Interface
+from .validation import (
+    contained_file,
+    contained_folder,
+    plain_file_name,
+    read_inputs_json,
+    relative_folder,
+    shown,
+)
 
 
 @dataclass(frozen=True)
@@ -24,57 +32,82 @@ class Job:
 
 
 def plan_jobs(input_dir: Path) -> list[Job]:
+    """The jobs of an input folder; every image is a regular file inside ``input_dir``
+    (``validation.contained_file``) and every output path a distinct path inside the output
+    folder."""
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
-        raise InputError(f"input folder not found: {input_dir}")
+        raise InputError(f"input folder not found: {shown(input_dir)}")
     manifest = input_dir / INPUTS_JSON
-    if manifest.is_file():
-        return _jobs_from_inputs_json(input_dir, manifest)
-    images = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in ROI_SUFFIXES + SLIDE_SUFFIXES)
+    if manifest.exists() or manifest.is_symlink():
+        return _jobs_from_inputs_json(input_dir, contained_file(manifest, input_dir))
+    # anything named like an image but a folder: a device or a link leading out is refused below
+    images = sorted(p for p in input_dir.iterdir() if p.suffix.lower() in ROI_SUFFIXES + SLIDE_SUFFIXES and not p.is_dir())
     if not images:
-        raise InputError(f"no {INPUTS_JSON} and no image (.tif, .tiff, .mha) in {input_dir}")
+        raise InputError(f"no {INPUTS_JSON} and no image (.tif, .tiff, .mha) in {shown(input_dir)}")
+    images = [contained_file(p, input_dir) for p in images]
     if len(images) == 1:
         return [Job(TRACK1, images[0], Path(TRACK1.output_file))]
-    # several legacy cases: one output folder per image, named after it
+    # several legacy cases: one output folder per image, named after its stem
+    by_stem: dict[str, Path] = {}
+    for p in images:
+        stem = p.stem
+        if stem in ("", ".", "..") or stem.startswith(".") or not stem.isprintable():
+            raise InputError(f"{shown(p.name)}: its name gives no usable output folder (<stem>/{TRACK1.output_file}); rename it")
+        other = by_stem.setdefault(stem.casefold(), p)
+        if other is not p:
+            raise InputError(
+                f"{shown(other.name)} and {shown(p.name)} would share one output folder ({shown(stem)}/); "
+                "rename one of them"
+            )
     return [Job(TRACK1, p, Path(p.stem) / TRACK1.output_file) for p in images]
 
 
 def _jobs_from_inputs_json(input_dir: Path, path: Path) -> list[Job]:
-    try:
-        entries = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON: {exc}") from None
-    if isinstance(entries, dict):
-        entries = [entries]
-    if not isinstance(entries, list) or not entries:
-        raise InputError(f"{path} lists no inputs")
     jobs = []
-    for entry in entries:
-        interface_info = entry.get("interface") if isinstance(entry, dict) else None
-        slug = interface_info.get("slug") if isinstance(interface_info, dict) else None
+    for i, entry in enumerate(read_inputs_json(path)):
+        slug = entry.interface.slug
         if slug not in INTERFACES:
             known = ", ".join(INTERFACES)
-            raise InputError(f"{path}: unknown interface slug {slug!r} (this container reads: {known})")
+            raise InputError(f"{shown(path)}: unknown interface slug {shown(repr(slug))} (this container reads: {known})")
         interface = INTERFACES[slug]
-        folder = input_dir / (interface_info.get("relative_path") or interface.image_dir)
-        name = (entry.get("image") or {}).get("name") if isinstance(entry.get("image"), dict) else None
-        jobs.append(Job(interface, _find_image(folder, name), Path(interface.output_file)))
+        relative = entry.interface.relative_path or interface.image_dir
+        folder = relative_folder(input_dir, relative, f"{INPUTS_JSON} entry {i}: relative_path")
+        name = entry.image.name if entry.image is not None else None
+        if name:
+            plain_file_name(name, f"{INPUTS_JSON} entry {i}: image name")
+        jobs.append(Job(interface, _find_image(input_dir, folder, name), Path(interface.output_file)))
     outputs = [j.output for j in jobs]
     if len(set(outputs)) != len(outputs):
-        raise InputError(f"{path}: the same interface is listed twice")
+        raise InputError(f"{shown(path)}: the same interface is listed twice")
     return jobs
 
 
-def _find_image(folder: Path, name: str | None) -> Path:
+def _find_image(input_dir: Path, folder: Path, name: str | None) -> Path:
+    """The listed image: the file of that exact name; else the one file of the same stem in another
+    format (grand-challenge may convert uploads), said; else the folder's only image, said.
+    Never a guess among several files."""
     if not folder.is_dir():
-        raise InputError(f"listed image folder is missing: {folder}")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in ROI_SUFFIXES)
+        raise InputError(f"listed image folder is missing: {shown(folder)}")
+    contained_folder(folder, input_dir)
+    if name and ((folder / name).exists() or (folder / name).is_symlink()):
+        return contained_file(folder / name, input_dir)
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in ROI_SUFFIXES and p.is_file())
     if name:
-        named = [p for p in images if p.name == name or p.stem == Path(name).stem]
-        if named:
-            return named[0]
-    if len(images) == 1:
-        return images[0]
+        same_stem = [p for p in images if p.stem == Path(name).stem]
+        if len(same_stem) > 1:
+            listed = ", ".join(shown(p.name) for p in same_stem)
+            raise InputError(f"listed image {shown(name)} is missing, and several files share its stem ({listed})")
+        if same_stem:
+            warn(f"listed image {shown(name)} is not in {shown(folder)}; reading {shown(same_stem[0].name)} (same name, other format)")
+            return contained_file(same_stem[0], input_dir)
     if not images:
-        raise InputError(f"listed image is missing: no .tif, .tiff or .mha in {folder}")
-    raise InputError(f"{len(images)} images in {folder} and inputs.json does not say which one to use")
+        what = shown(name) if name else "no .tif, .tiff or .mha"
+        raise InputError(f"listed image is missing: {what} in {shown(folder)}")
+    if len(images) == 1:
+        if name:
+            warn(f"listed image {shown(name)} is not in {shown(folder)}; reading the folder's only image, {shown(images[0].name)}")
+        return contained_file(images[0], input_dir)
+    if name:
+        raise InputError(f"listed image is missing: {shown(name)} is not among the {len(images)} images of {shown(folder)}")
+    raise InputError(f"{len(images)} images in {shown(folder)} and inputs.json does not say which one to use")

@@ -108,9 +108,14 @@ def to_jsonable(document: BaseModel | list[BaseModel]) -> object:
     return document.model_dump(by_alias=True, exclude_none=True)
 
 
+def json_bytes(payload: object) -> bytes:
+    """The bytes of an output JSON document (indented, no NaN)."""
+    return (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode()
+
+
 def write_json_atomic(path: Path, payload: object) -> None:
     """Write JSON next to ``path`` and rename it into place: readers never see half a file."""
-    write_bytes_atomic(path, (json.dumps(payload, indent=2, allow_nan=False) + "\n").encode())
+    write_bytes_atomic(path, json_bytes(payload))
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

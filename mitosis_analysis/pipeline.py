@@ -26,6 +26,7 @@ from .stitching import Stitcher
 from .tiling import iter_batches, pad_to_tile, tile_grid
 from .timing import StageTimer
 from .tissue import tissue_fraction
+from .validation import check_pixel_budget, shown
 
 
 # The logit given to pixels that no inferred tile covers (blank glass): far below any floor.
@@ -122,7 +123,8 @@ def analyse_roi(roi: RoiImage, models: Models, settings: Settings, timer: StageT
     models' spacing first (said on stderr) and the points are mapped back.
     """
     timer = timer or StageTimer()
-    pixels, scale = at_model_spacing(roi, models.manifest.spacing_mm, models.manifest.plan.spacing_tolerance)
+    pixels, scale = at_model_spacing(roi, models.manifest.spacing_mm, models.manifest.plan.spacing_tolerance,
+                                    settings.max_image_pixels)
     candidates = detect_candidates(pixels, models, settings, timer)
     candidates = verify_candidates(pixels, candidates, models, settings, timer)
     candidates = classify_candidates(pixels, candidates, models, settings, timer)
@@ -139,7 +141,8 @@ def classify_stack(crops: np.ndarray, models: Models, settings: Settings) -> np.
     return logit(p)
 
 
-def at_model_spacing(roi: RoiImage, model_spacing_mm: float, tolerance: float) -> tuple[np.ndarray, tuple[float, float]]:
+def at_model_spacing(roi: RoiImage, model_spacing_mm: float, tolerance: float,
+                     max_pixels: int) -> tuple[np.ndarray, tuple[float, float]]:
     """The ROI's pixels at the models' spacing, and the (x, y) factors from model pixels back to
     ROI pixels (1.0 when no resampling was needed)."""
     fx, fy = (model_spacing_mm / s for s in roi.spacing_mm)  # ROI px per model px
@@ -147,8 +150,14 @@ def at_model_spacing(roi: RoiImage, model_spacing_mm: float, tolerance: float) -
         return roi.pixels, (1.0, 1.0)
     h, w = roi.shape
     shape = (max(1, round(h / fy)), max(1, round(w / fx)))
+    # an ROI tagged at a coarse spacing would be blown up to a size no pipeline run can hold
+    check_pixel_budget(
+        shape[1], shape[0], max_pixels,
+        f"{shown(roi.path.name)} at {roi.spacing_mm[0] * 1000:.3g} um/px, resampled to the models' "
+        f"{model_spacing_mm * 1000:.3g} um/px",
+    )
     warn(
-        f"{roi.path.name}: spacing {roi.spacing_mm[0] * 1000:.3f} um/px differs from the models' "
+        f"{shown(roi.path.name)}: spacing {roi.spacing_mm[0] * 1000:.3f} um/px differs from the models' "
         f"{model_spacing_mm * 1000:.3f} um/px; resampling {w}x{h} -> {shape[1]}x{shape[0]} px"
     )
     return resize_bilinear(roi.pixels, shape), (w / shape[1], h / shape[0])

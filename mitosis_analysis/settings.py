@@ -18,6 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .errors import InputError
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 
@@ -84,6 +86,19 @@ class Settings(BaseModel):
     # Track 1: also write ``mitotic-figures-details.json`` (P(atypical) and logits per point), an
     # extra file that is not a grand-challenge socket. Off by default.
     write_details: bool = False
+    # --- Input safety (issue #12; README "Bad input"). Checked against what a file *declares*,
+    # before anything is decoded. A MIDOG ROI is 7215 x 5412 = 39 Mpx (1.51 GiB peak RSS end to
+    # end); a 64 Mpx ROI (8000 x 8000) peaked at 2.42 GiB (benchmarks/benchmark.py --sizes
+    # 8000x8000 --repeat 1), under a 4 GiB container.
+    # Most pixels of one image (a Track 1 ROI, a Track 2 page, an ROI after resampling to the
+    # models' spacing), width x height (x depth).
+    max_image_pixels: int = Field(default=64_000_000, ge=1)
+    # Most pages (IFDs) of a TIFF, and most crops of a Track 2 stack.
+    max_stack_pages: int = Field(default=100_000, ge=1)
+    # Most pixels of an MHA stack, which SimpleITK reads whole (256 Mpx = 15,600 crops of 128^2).
+    max_stack_pixels: int = Field(default=256_000_000, ge=1)
+    # Crops of a Track 2 stack read and classified at a time (memory stays flat with the stack).
+    stack_chunk_pages: int = Field(default=1024, ge=1)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -91,7 +106,6 @@ class Settings(BaseModel):
 
         A malformed value, or a variable naming a setting of the weights' inference plan, is an
         ``InputError`` (one line, exit 2)."""
-        from .errors import InputError
         from .manifest import InferencePlan, Thresholds
 
         values: dict = {}
@@ -106,7 +120,7 @@ class Settings(BaseModel):
                 env_names[name] = key
             elif name in planned:
                 raise InputError(
-                    f"{key}: {_RETIRED.get(name, name)} belongs to the weights' inference plan "
+                    f"{key}: {_RETIRED.get(name) or _plan_key(name)} is part of the weights' inference plan "
                     "(weights/manifest.json, 'plan' and 'thresholds'), which the environment cannot change"
                 )
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -120,11 +134,18 @@ class Settings(BaseModel):
             raise InputError(f"{where}={shown}: {first['msg']}") from None
 
 
+
+def _plan_key(name: str) -> str:
+    from .manifest import InferencePlan
+
+    return f"plan.{name}" if name in InferencePlan.model_fields else f"thresholds.{name}"
+
+
 # Former settings that are now part of the inference plan (name -> what to say).
 _RETIRED = {
-    "tile_size": "tile_size", "tile_overlap": "tile_overlap", "nms_radius_mm": "the suppression radius",
-    "crop_size": "crop_size", "classify_all_candidates": "classify_all_candidates",
-    "candidate_floor": "the candidate floor", "min_candidate_area_px": "candidate extraction",
-    "min_tissue_fraction": "min_tissue_fraction", "spacing_tolerance": "spacing_tolerance",
-    "classifier_tta": "the classifier's views",
+    "tile_size": "plan.tile_size", "tile_overlap": "plan.tile_overlap", "nms_radius_mm": "plan.suppression_radius_mm",
+    "crop_size": "plan.crop_size", "classify_all_candidates": "plan.classify_all_candidates",
+    "candidate_floor": "thresholds.candidate_floor_logit", "min_candidate_area_px": "plan.centroid_radius_mm",
+    "min_tissue_fraction": "plan.min_tissue_fraction", "spacing_tolerance": "plan.spacing_tolerance",
+    "classifier_tta": "plan.classifier_views",
 }

@@ -170,6 +170,19 @@ def test_sample_cases_are_complete_and_current():
     assert total < 600 * 1024, f"sample cases take {total / 1024:.0f} KiB"
 
 
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_host_reproduces_the_expected_output_of_every_sample_case(name, tmp_path):
+    """process.py on the host (CPU, the shipped weights) writes what the case expects: a change of
+    the pipeline's numbers shows here, before the (slower) container test."""
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, str(ROOT / "process.py"), "--input", str(CASES / name / "input"),
+                        "--output", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=300,
+                       env={k: v for k, v in os.environ.items() if not k.startswith("MITOSIS_")})
+    assert r.returncode == 0, r.stderr[-2000:]
+    problems = co.compare_dirs(CASES / name / "expected_output", out)
+    assert not problems, f"{name}: " + "\n".join(problems) + "\n(re-run 'python test/make_cases.py' if intended)"
+
+
 def test_sample_cases_follow_the_platform_layout():
     t1 = json.loads((CASES / "track1-roi/input/inputs.json").read_text())
     assert t1[0]["interface"]["slug"] == "histopathology-region-of-interest-cropout"

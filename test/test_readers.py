@@ -84,12 +84,12 @@ def test_corrupt_truncated_and_empty_images(tmp_path):
 def test_stack_pages_in_order_and_resized(tmp_path, capsys):
     pages = [np.full((128, 128, 3), i * 10, np.uint8) for i in range(5)]
     tifffile.imwrite(tmp_path / "s.tif", np.stack(pages))  # one multi-page series
-    out = read_stack(tmp_path / "s.tif", 128)
+    out = np.concatenate(list(read_stack(tmp_path / "s.tif", 128, S)))
     assert out.shape == (5, 128, 128, 3) and [int(p[0, 0, 0]) for p in out] == [0, 10, 20, 30, 40]
     with tifffile.TiffWriter(tmp_path / "m.tif") as w:
         w.write(np.full((128, 128, 3), 1, np.uint8))
         w.write(np.full((100, 90, 3), 2, np.uint8))
-    out = read_stack(tmp_path / "m.tif", 128)
+    out = np.concatenate(list(read_stack(tmp_path / "m.tif", 128, S)))
     assert out.shape == (2, 128, 128, 3) and int(out[1, 64, 64, 0]) == 2
     assert "resized to 128x128" in capsys.readouterr().err
 
@@ -97,5 +97,5 @@ def test_stack_pages_in_order_and_resized(tmp_path, capsys):
 def test_mha_stack(tmp_path):
     stack = np.stack([np.full((128, 128, 3), i, np.uint8) for i in range(3)])
     sitk.WriteImage(sitk.GetImageFromArray(stack, isVector=True), str(tmp_path / "s.mha"))
-    out = read_stack(tmp_path / "s.mha", 128)
+    out = np.concatenate(list(read_stack(tmp_path / "s.mha", 128, S)))
     assert out.shape == (3, 128, 128, 3) and [int(p[0, 0, 0]) for p in out] == [0, 1, 2]

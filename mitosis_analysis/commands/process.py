@@ -1,6 +1,8 @@
 """The container job: every input of ``/input`` processed, outputs written to ``/output``.
 
-All jobs run before anything is written, so bad input never leaves a partial set of outputs.
+All jobs run before anything is written, and the outputs are written as one set (all files or
+none, ``output_set.py``), so bad input, a full disk or an unwritable target never leaves a
+partial set of outputs.
 """
 
 from __future__ import annotations
@@ -9,22 +11,26 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..inference import load_models
 from ..jobs import Job, plan_jobs
 from ..log import log
 from ..decision import decide_crops, decide_detections
+from ..output_set import output_targets, write_output_set
 from ..outputs import (
     check_writable,
     classification_document,
     details_document,
+    json_bytes,
     points_document,
     to_jsonable,
-    write_json_atomic,
 )
 from ..pipeline import analyse_roi, classify_stack
 from ..readers import read_roi, read_stack
 from ..settings import DETAILS_FILE, TRACK1, Settings
 from ..timing import StageTimer
+from ..validation import shown
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,13 +49,16 @@ def run(args: argparse.Namespace) -> int:
                                  write_details=args.details)
     jobs = plan_jobs(args.input)
     check_writable(args.output)
+    output_targets(args.output, [job.output for job in jobs])  # refused before any work
     models = load_models(settings)
-    documents = [(job, run_job(job, models, settings)) for job in jobs]
-    for job, (document, details) in documents:
-        write_json_atomic(args.output / job.output, document)
-        log(f"wrote {args.output / job.output}")
+    documents: dict[Path, bytes] = {}
+    for job in jobs:
+        document, details = run_job(job, models, settings)
+        documents[job.output] = json_bytes(document)
         if details is not None:
-            write_json_atomic(args.output / job.output.parent / DETAILS_FILE, details)
+            documents[job.output.parent / DETAILS_FILE] = json_bytes(details)
+    for path in write_output_set(args.output, documents):
+        log(f"wrote {path}")
     return 0
 
 
@@ -66,12 +75,13 @@ def run_job(job: Job, models, settings: Settings) -> tuple[object, object | None
         document = points_document(detections, roi.spacing_mm)
         details = details_document(detections, roi.spacing_mm, thresholds.model_dump()) if settings.write_details else None
         log(
-            f"{job.image.name}: {w}x{h} px at {roi.spacing_mm[0] * 1000:.4g} um/px, "
+            f"{shown(job.image.name)}: {w}x{h} px at {roi.spacing_mm[0] * 1000:.4g} um/px, "
             f"{len(detections)} candidates, {sum(d.is_mitosis for d in detections)} mitotic figures ({timer.summary()})"
         )
         return to_jsonable(document), details
-    crops = read_stack(job.image, models.manifest.plan.crop_size)
-    decisions = decide_crops(classify_stack(crops, models, settings), thresholds)
+    # chunk by chunk: memory stays flat however many pages the stack has
+    chunks = read_stack(job.image, models.manifest.plan.crop_size, settings)
+    decisions = decide_crops(np.concatenate([classify_stack(chunk, models, settings) for chunk in chunks]), thresholds)
     n_atypical = sum(d.is_atypical for d in decisions)
-    log(f"{job.image.name}: {len(crops)} crops, {n_atypical} atypical ({time.perf_counter() - start:.2f} s)")
+    log(f"{shown(job.image.name)}: {len(decisions)} crops, {n_atypical} atypical ({time.perf_counter() - start:.2f} s)")
     return to_jsonable(classification_document(decisions)), None

@@ -190,6 +190,9 @@ class TiffSource(SlideSource):
         out = np.full((height, width, spp), WHITE, np.uint8)
         offsets, counts = page.dataoffsets, page.databytecounts
         fh = self._tif.filehandle
+        past_end = [i for i in indices if counts[i] and offsets[i] + counts[i] > fh.size]
+        if past_end:  # a truncated file: these tiles are missing, not glass
+            raise SlideReadError(f"file is truncated: {len(past_end)} of its tiles lie past its end")
         try:
             segments = fh.read_segments([offsets[i] for i in indices], [counts[i] for i in indices], indices)
             for data, index in segments:
@@ -341,6 +344,9 @@ def _bilinear_at(block: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.nd
 class Thumbnail:
     pixels: np.ndarray  # H x W x 3 uint8
     spacing_mm: tuple[float, float]  # (x, y) size of one thumbnail pixel, mm
+    # H x W bool: thumbnail pixels whose block could not be read (shown as glass); the regions
+    # under them are tried anyway, so that their damage is reported rather than taken for glass
+    unreadable: np.ndarray | None = None
 
 
 def thumbnail(source: SlideSource, max_side: int, min_spacing_mm: float, block: int = 2048) -> Thumbnail:
@@ -356,17 +362,42 @@ def thumbnail(source: SlideSource, max_side: int, min_spacing_mm: float, block: 
     k = max(1, math.ceil(wanted / max(lv.spacing_mm) - 1e-9))
     out_w, out_h = math.ceil(lv.width / k), math.ceil(lv.height / k)
     out = np.empty((out_h, out_w, 3), np.uint8)
+    unreadable = np.zeros((out_h, out_w), bool)
     step = max(k, block // k * k)
+    failures: list[tuple[int, int, int, int, str]] = []
     for y in range(0, lv.height, step):
         for x in range(0, lv.width, step):
             w, h = min(step, lv.width - x), min(step, lv.height - y)
-            try:
-                pixels = source.read(level, x, y, w, h)
-            except SlideReadError as exc:
-                warn(f"{source.path.name}: thumbnail block at level {level} ({x}, {y}) unreadable ({exc}); shown as glass")
-                pixels = np.full((h, w, 3), WHITE, np.uint8)
+            pixels = _read_or_split(source, level, x, y, w, h, failures)
             out[y // k : y // k + math.ceil(h / k), x // k : x // k + math.ceil(w / k)] = _block_mean(pixels, k)
-    return Thumbnail(out, (lv.spacing_mm[0] * k, lv.spacing_mm[1] * k))
+    for fx, fy, fw, fh, _ in failures:
+        unreadable[fy // k : math.ceil((fy + fh) / k), fx // k : math.ceil((fx + fw) / k)] = True
+    if failures:
+        warn(
+            f"{source.path.name}: {len(failures)} thumbnail blocks of level {level} unreadable ({failures[0][4]}); "
+            "shown as glass, the regions under them are tried"
+        )
+    return Thumbnail(out, (lv.spacing_mm[0] * k, lv.spacing_mm[1] * k), unreadable if unreadable.any() else None)
+
+
+def _read_or_split(source: SlideSource, level: int, x: int, y: int, w: int, h: int,
+                   failures: list, min_side: int = 256) -> np.ndarray:
+    """``source.read``; a block that cannot be read is split in four and retried down to
+    ``min_side`` px, so that one damaged tile does not blank a whole block. Unreadable parts are
+    glass, recorded in ``failures`` as (x, y, w, h, reason)."""
+    try:
+        return source.read(level, x, y, w, h)
+    except SlideReadError as exc:
+        if max(w, h) <= min_side:
+            failures.append((x, y, w, h, str(exc)))
+            return np.full((h, w, 3), WHITE, np.uint8)
+    out = np.empty((h, w, 3), np.uint8)
+    hw, hh = max(1, w // 2), max(1, h // 2)
+    for sy, sh in ((0, hh), (hh, h - hh)):
+        for sx, sw in ((0, hw), (hw, w - hw)):
+            if sw > 0 and sh > 0:
+                out[sy : sy + sh, sx : sx + sw] = _read_or_split(source, level, x + sx, y + sy, sw, sh, failures, min_side)
+    return out
 
 
 def _block_mean(pixels: np.ndarray, k: int) -> np.ndarray:

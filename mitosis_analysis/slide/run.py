@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -151,7 +151,7 @@ def analyse_slide(
         thumb = thumbnail(source, options.thumbnail_max_side, options.thumbnail_min_spacing_mm)
         mask = tissue_mask(thumb.pixels, thumb.spacing_mm, view.spacing_mm)
         regions = plan_regions(view.width, view.height, options.region_size, options.halo)
-        tissue_regions = [r for r in regions if mask.fraction(*r.core) > 0]
+        tissue_regions = [r for r in regions if mask.fraction(*r.core) > 0 or _unreadable(thumb, mask, r)]
         estimates = {r.index: estimated_tiles(r, mask, models.manifest.plan) for r in tissue_regions}
         lv = source.levels[0]
         log(
@@ -192,6 +192,14 @@ def _run_header(path, source, view: SlideView, mask: TissueMask, models: Models,
         "options": slide_options,
         "tissue_mask": hashlib.sha256(np.packbits(mask.inference).tobytes()).hexdigest(),
     }
+
+
+def _unreadable(thumb, mask: TissueMask, region: Region) -> bool:
+    """Whether the thumbnail could not be read under ``region``: such a region is tried (and, if
+    its tiles are damaged, listed as skipped) instead of being taken for glass."""
+    if thumb.unreadable is None:
+        return False
+    return bool(replace(mask, inference=thumb.unreadable).cells(*region.core).any())
 
 
 def _read_region(view: SlideView, region: Region) -> tuple[np.ndarray | None, str | None]:
