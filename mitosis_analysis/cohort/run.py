@@ -173,8 +173,8 @@ def _run_on_dask(todo: Sequence[CohortSlide], output: Path, settings: Settings, 
             slide = futures[future]
             try:
                 row = future.result()
-            except Exception as exc:  # noqa: BLE001 - a worker died (segfault, killed): that slide fails
-                row = failed_row(slide, output, f"worker lost while running the slide ({type(exc).__name__}: {exc})")
+            except Exception as exc:  # noqa: BLE001 - worker died, or could not run the task
+                row = failed_row(slide, output, f"the task failed on its worker ({type(exc).__name__}: {exc})")
                 row["run"] = "this run"
             rows[slide.id] = row
             log(f"[{done}/{len(todo)}] {_describe(row)}")
