@@ -290,3 +290,30 @@ def test_cohort_on_a_running_scheduler_by_address(tmp_path, synthetic_weights):
     rows = _rows(tmp_path / "out")
     assert [r["status"] for r in rows.values()] == ["done", "done"]
     assert all(int(r["mitotic_figures"]) == 2 for r in rows.values())
+
+
+def crash_on_slide_named_crash(slide, output, settings, options, weights):
+    """The cohort's task, except that the worker process dies on the slide with id 'crash'."""
+    from mitosis_analysis.cohort.run import _run_checked
+
+    if slide.id == "crash":
+        os._exit(3)
+    return _run_checked(slide, output, settings, options, weights)
+
+
+def test_a_worker_that_dies_fails_its_slide_only(tmp_path, synthetic_weights, capsys):
+    from mitosis_analysis.cohort import run_cohort
+    from mitosis_analysis.settings import Settings
+    from mitosis_analysis.slide import SlideOptions
+
+    for name in ("gen0", "crash", "gen2"):
+        write_slide_tiff(tmp_path / f"{name}.tif", GENERATED["gen1"])
+    settings = Settings(weights_dir=synthetic_weights, device="cpu", classifier_tta=1)
+    rows = run_cohort(read_slide_list(tmp_path), tmp_path / "out", settings, SlideOptions(progress=False),
+                      workers=2, task=crash_on_slide_named_crash)
+    by_id = {r["slide"]: r for r in rows}
+    assert [r["slide"] for r in rows] == ["crash", "gen0", "gen2"]
+    assert by_id["crash"]["status"] == "failed" and "KilledWorker" in by_id["crash"]["reason"]
+    assert by_id["gen0"]["status"] == by_id["gen2"]["status"] == "done"
+    assert _rows(tmp_path / "out")["crash"]["status"] == "failed"
+    assert "1 slide(s) failed (crash)" in capsys.readouterr().err

@@ -90,14 +90,15 @@ def finished_row(slide: CohortSlide, output: Path, settings: Settings, options: 
 
 def run_cohort(slides: Sequence[CohortSlide], output: Path | str, settings: Settings | None = None,
                options: SlideOptions | None = None, workers: int | None = None, scheduler: str | None = None,
-               weights_given: bool = True) -> list[dict]:
+               weights_given: bool = True, task=None) -> list[dict]:
     """Run every slide not finished yet, write cohort.csv, cohort.parquet and cohort.png into
     ``output`` and return the rows (slide list order).
 
     ``scheduler``: address of a running Dask scheduler (``tcp://host:8786``); its workers must
     see the slides and ``output`` at the same paths. Without it, ``workers`` local worker
     processes (default: one per GPU, else one per two cores). ``weights_given=False`` lets each
-    worker use its own installed weights (checked against the client's by sha256)."""
+    worker use its own installed weights (checked against the client's by sha256). ``task``
+    replaces the per-slide function (tests: a worker that dies)."""
     settings = settings or Settings.from_env()
     options = options or SlideOptions(progress=False)
     output = Path(output).resolve()
@@ -118,7 +119,8 @@ def run_cohort(slides: Sequence[CohortSlide], output: Path | str, settings: Sett
         if rows:
             log(f"cohort: {len(rows)} of {len(slides)} slides finished by an earlier run (kept)")
         if todo:
-            _run_on_dask(todo, output, settings, options, workers, scheduler, weights, weights_given, rows)
+            _run_on_dask(todo, output, settings, options, workers, scheduler, weights, weights_given, rows,
+                         task or _run_checked)
         ordered = [rows[s.id] for s in slides]
         files = write_tables(output, ordered)
     failed = [r for r in ordered if r["status"] != "done"]
@@ -133,7 +135,7 @@ def run_cohort(slides: Sequence[CohortSlide], output: Path | str, settings: Sett
 
 def _run_on_dask(todo: Sequence[CohortSlide], output: Path, settings: Settings, options: SlideOptions,
                  workers: int | None, scheduler: str | None, weights: dict[str, str], weights_given: bool,
-                 rows: dict[str, dict]) -> None:
+                 rows: dict[str, dict], task) -> None:
     try:
         import dask
         from distributed import Client, LocalCluster, as_completed
@@ -142,7 +144,11 @@ def _run_on_dask(todo: Sequence[CohortSlide], output: Path, settings: Settings, 
                          "pip install 'dask[distributed]'") from None
     start = time.perf_counter()
     cluster = None
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+    # local scheduler: a slide that kills its worker is tried on one other worker, then failed; each
+    # worker holds one task at a time (worker-saturation 1.0 with one thread), so a worker that dies
+    # takes no queued, innocent slide with it
+    local_config = {"distributed.scheduler.allowed-failures": 1, "distributed.scheduler.worker-saturation": 1.0}
+    with dask.config.set(local_config):
         if scheduler:
             try:
                 client = Client(scheduler, timeout="30s")
@@ -165,7 +171,7 @@ def _run_on_dask(todo: Sequence[CohortSlide], output: Path, settings: Settings, 
     try:
         ship = settings if weights_given else settings.model_copy(update={"weights_dir": None})
         futures = {
-            client.submit(_run_checked, slide, str(output), ship, options, weights, key=f"slide-{i}-{slide.id}",
+            client.submit(task, slide, str(output), ship, options, weights, key=f"slide-{i}-{slide.id}",
                           pure=False): slide
             for i, slide in enumerate(todo)
         }
