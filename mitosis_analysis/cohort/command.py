@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder: slides/<id>/ (each slide's results), logs/<id>.log, cohort.csv, "
                              "cohort.parquet, cohort.png")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="local worker processes (default: one per GPU, else one per two CPU cores)")
+                        help="local worker processes (default: one per GPU, else one per CPU core)")
     parser.add_argument("--scheduler", default=os.environ.get("MITOSIS_COHORT_SCHEDULER"), metavar="ADDRESS",
                         help="address of a running Dask scheduler (tcp://host:8786) whose workers run the slides "
                              "instead of local ones; they must see the slides and --output at the same paths "

@@ -56,11 +56,13 @@ def gpu_ids() -> list[str]:
 
 def default_workers(device: str) -> tuple[int, list[str]]:
     """(number of local workers, GPU ids to hand out): one worker per GPU where GPUs are used,
-    else one worker per two cores (ONNX Runtime uses the cores of its worker)."""
+    else one worker per CPU core (each pinned to its core), as long as each has 1 GiB of memory
+    (a CPU slide run peaks at about 0.6 GiB)."""
     gpus = gpu_ids() if device != "cpu" else []
     if gpus:
         return len(gpus), gpus
-    return max(1, len(os.sched_getaffinity(0)) // 2), []
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return max(1, min(len(os.sched_getaffinity(0)), int(memory_gib))), []
 
 
 def finished_row(slide: CohortSlide, output: Path, settings: Settings, options: SlideOptions,
@@ -96,7 +98,7 @@ def run_cohort(slides: Sequence[CohortSlide], output: Path | str, settings: Sett
 
     ``scheduler``: address of a running Dask scheduler (``tcp://host:8786``); its workers must
     see the slides and ``output`` at the same paths. Without it, ``workers`` local worker
-    processes (default: one per GPU, else one per two cores). ``weights_given=False`` lets each
+    processes (default: one per GPU, else one per CPU core). ``weights_given=False`` lets each
     worker use its own installed weights (checked against the client's by sha256). ``task``
     replaces the per-slide function (tests: a worker that dies)."""
     settings = settings or Settings.from_env()
@@ -158,7 +160,7 @@ def _run_on_dask(todo: Sequence[CohortSlide], output: Path, settings: Settings, 
             log(f"cohort: {len(todo)} slides on the Dask cluster at {scheduler} ({n} workers now)")
         else:
             n, gpus = default_workers(settings.device)
-            said = "" if workers else " (default: " + ("one per GPU)" if gpus else "one per two CPU cores)")
+            said = "" if workers else " (default: " + ("one per GPU)" if gpus else "one per CPU core)")
             n = min(workers or n, len(todo))
             from .pinning import PinWorker
 
