@@ -1,6 +1,6 @@
 # Two commands for a newcomer (CPU only, no GPU or container engine needed):
 #   make sample   set up .venv and run the container's job on the bundled sample cases
-#   make test     set up .venv with the test extras and run the whole test suite
+#   make test     set up .venv with the test extras, lint (ruff) and run the whole test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -29,6 +29,7 @@ sample: $(VENV)/.runtime
 	@echo "outputs in $(SAMPLE_OUT)/"
 
 test: $(VENV)/.dev
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q test
 
 clean:

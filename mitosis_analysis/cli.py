@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from . import __version__
 from .errors import InputError
 from .log import error
 from .validation import shown
@@ -20,6 +21,7 @@ COMMANDS = {
     "process": ("mitosis_analysis.commands.process", "run the challenge container job on an input folder"),
     "evaluate": ("mitosis_analysis.evaluate.command", "score predictions against ground truth (Track 1 / Track 2)"),
     "slide": ("mitosis_analysis.slide.command", "whole-slide mode: count mitoses, find the hotspot, export for QuPath"),
+    "cohort": ("mitosis_analysis.cohort.command", "many slides through the slide mode on Dask workers, one table"),
 }
 
 
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     top.add_argument("command", choices=COMMANDS, help="see below; '<command> --help' for its options")
+    top.add_argument("--version", action="version", version=f"mitosis-analysis {__version__}")
     if not argv or argv[0] not in COMMANDS:
         top.parse_args(argv[:1] or ["--help"])  # prints usage / help and exits
     name, rest = argv[0], argv[1:]

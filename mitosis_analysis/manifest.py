@@ -141,6 +141,11 @@ class Manifest(BaseModel):
             raise InputError(f"detector classes {manifest.detector.classes} != {list(SEGMENTATION_CLASSES)}")
         return manifest
 
+    def weights_identity(self) -> dict[str, str | None]:
+        """The sha256 of each model: two runs used the same weights when these are equal."""
+        return {"detector": self.detector.sha256, "classifier": self.classifier.sha256,
+                "verifier": None if self.verifier is None else self.verifier.sha256}
+
     def verified_path(self, weights_dir: Path, entry: ModelEntry) -> Path:
         """Path of a model file after checking that it exists and its sha256 matches."""
         path = Path(weights_dir) / entry.file

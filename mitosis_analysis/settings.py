@@ -24,6 +24,14 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
 
 
+def default_weights_dir() -> Path:
+    """Where the weights are when neither ``--weights`` nor ``MITOSIS_WEIGHTS_DIR`` says: inside
+    the installed package (``pip install .`` puts ``weights/`` there as package data), else
+    ``weights/`` of the repository checkout."""
+    packaged = PACKAGE_ROOT / "weights"
+    return packaged if (packaged / MANIFEST_FILE).is_file() else REPO_ROOT / "weights"
+
+
 class Interface(BaseModel):
     """One grand-challenge input interface and the output it produces."""
 
@@ -74,7 +82,7 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    weights_dir: Path = REPO_ROOT / "weights"
+    weights_dir: Path = Field(default_factory=default_weights_dir)
     # Pixel spacing assumed when an image carries none (or a meaningless 1.0), in mm.
     default_spacing_mm: float = Field(default=0.00025, gt=0)
     # Spacings outside this range are treated as "not given" (SimpleITK writes 1.0 by default).

@@ -30,8 +30,6 @@ def P(x, y, name="mitotic figure", p=0.9):
 
 
 um = 0.001
-def P(x, y, name="mitotic figure", p=0.9):
-    return {"name": name, "point": [x, y, 0], "probability": p}
 gt = {
  "a.tiff": {"annotations": [[0.10, 0.10, 0], [0.30, 0.20, 0], [0.50, 0.50, 0], [0.80, 0.10, 0]], "tumor domain": 0, "roi type": "hotspot"},
  "b.tiff": {"annotations": [[0.20, 0.20, 0], [0.40, 0.40, 0], [0.60, 0.25, 0]], "tumor domain": 0, "roi type": "challenging"},

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
+from ..manifest import Manifest
 from ..settings import Settings
 from .run import SlideOptions, analyse_slide
 
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         region_size=args.region_size, hotspot_area_mm2=args.hotspot_area, reader=args.reader,
         restart=args.restart, progress=not args.no_progress,
     )
-    tile_size = 512  # the shipped plan's tile; analyse_slide checks it against the weights' plan
+    tile_size = Manifest.load(settings.weights_dir).plan.tile_size
     if options.region_size < tile_size or options.hotspot_area_mm2 <= 0:
         raise InputError(f"--region-size must be at least the tile size ({tile_size}) and --hotspot-area positive")
     analyse_slide(args.slide, args.output, settings, options)

@@ -19,6 +19,7 @@ which no tissue region can be read is an error.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -32,7 +33,7 @@ from ..candidates import Candidate, suppress_duplicates
 from ..decision import Detection, decide_detections
 from ..errors import InputError
 from ..inference import Models, load_models
-from ..manifest import InferencePlan
+from ..manifest import InferencePlan, Manifest
 from ..log import log, warn
 from ..outputs import check_writable
 from ..pipeline import classify_candidates, detect_candidates, verify_candidates
@@ -170,25 +171,28 @@ def analyse_slide(
                            options, output_dir, resumed=journal.resumed, seconds=time.perf_counter() - start)
 
 
+def run_settings(manifest: Manifest, settings: Settings) -> dict:
+    """What, besides the weights and the slide, decides what a run yields (JSON as read back)."""
+    return json.loads(json.dumps({
+        "plan": manifest.plan.model_dump(),
+        "thresholds": manifest.thresholds.model_dump(),
+        "default_spacing_mm": settings.default_spacing_mm,
+    }))
+
+
 def _run_header(path, source, view: SlideView, mask: TissueMask, models: Models, settings: Settings,
                 options: SlideOptions) -> dict:
     """What identifies a run: a journal is only resumed by a run with the same header. The reader
     and the hotspot area are left out: neither changes what a region yields, so a finished run can
     be re-exported with another hotspot area without inferring again."""
-    pipeline_settings = {
-        "plan": models.manifest.plan.model_dump(),
-        "thresholds": models.manifest.thresholds.model_dump(),
-        "default_spacing_mm": settings.default_spacing_mm,
-    }
     ignored = ("restart", "progress", "reader", "hotspot_area_mm2")
     slide_options = {k: v for k, v in asdict(options).items() if k not in ignored}
     return {
         "version": __version__,
         "slide": {"name": path.name, "fingerprint": slide_fingerprint(path), "backend": source.backend,
                   "level": view.level, "grid": [view.width, view.height]},
-        "weights": {"detector": models.manifest.detector.sha256, "classifier": models.manifest.classifier.sha256,
-                    "verifier": None if models.manifest.verifier is None else models.manifest.verifier.sha256},
-        "settings": pipeline_settings,
+        "weights": models.manifest.weights_identity(),
+        "settings": run_settings(models.manifest, settings),
         "options": slide_options,
         "tissue_mask": hashlib.sha256(np.packbits(mask.inference).tobytes()).hexdigest(),
     }
