@@ -53,6 +53,7 @@ FILES = {"detector": DETECTOR_FILE, "classifier": CLASSIFIER_FILE}
 PARITY_SHAPES = {
     "detector": [(1, 512, 512), (3, 256, 384)],
     "classifier": [(1, 128, 128), (5, 128, 128)],
+    "verifier": [(1, 64, 64), (7, 64, 64)],
 }
 
 
@@ -88,8 +89,8 @@ def load_model(kind: str, checkpoint_path: Path) -> tuple[nn.Module, dict, bool]
 
 def export_onnx(kind: str, net: nn.Module, path: Path, opset: int) -> None:
     wrapped = models.for_export(kind, net)
-    size = 512 if kind == "detector" else 128
-    dummy = torch.rand(1, 3, size, size)
+    _, height, width = PARITY_SHAPES[kind][0]
+    dummy = torch.rand(1, 3, height, width)
     output_name = models.OUTPUT_NAMES[kind]
     dynamic = {"image": {0: "batch"}, output_name: {0: "batch"}}
     if kind == "detector":

@@ -1,0 +1,127 @@
+"""Stage 2: the verifier model, its ONNX export, its crops, its sampling and threshold choice, and
+the colour/JPEG augmentations it trains with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import model
+from mitosis_analysis.classify import extract_crops
+from mitosis_analysis.evaluate.detection import DetectionCounts
+from mitosis_analysis.verify import verifier_crops
+from model.verifier import INPUT_SIZE, Verifier
+from training import augment as aug
+from training import export_verifier
+from training import train_verifier as tv
+
+
+def test_verifier_gives_one_logit_per_crop_and_is_small():
+    net = model.build("verifier").eval()
+    with torch.no_grad():
+        out = net(torch.rand(5, 3, INPUT_SIZE, INPUT_SIZE))
+    assert out.shape == (5,) and out.dtype == torch.float32
+    assert sum(p.numel() for p in net.parameters()) < 300_000  # runs on every candidate on a CPU
+    assert model.OUTPUT_NAMES["verifier"] == "logit"
+    with pytest.raises(ValueError):
+        model.build("verifier", arch="resnet50")
+
+
+def test_normalisation_is_in_the_graph():
+    a = Verifier(mean=(0.5, 0.5, 0.5), std=(1.0, 1.0, 1.0)).eval()
+    b = Verifier(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).eval()
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if k not in ("mean", "std")}, strict=False)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x - 0.5))
+
+
+def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path):
+    import onnxruntime as ort
+
+    torch.manual_seed(1)
+    net = Verifier().eval()
+    path = tmp_path / "verifier.onnx"
+    diff = export_verifier.export_verifier(net, path)
+    assert diff <= 1e-4
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logit"]
+    for n in (1, 3, 64):
+        x = np.random.default_rng(n).random((n, 3, 64, 64), dtype=np.float32)
+        (got,) = session.run(None, {"image": x})
+        with torch.no_grad():
+            expected = net(torch.from_numpy(x)).numpy()
+        assert got.shape == (n,)
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert export_verifier.ms_per_crop(path, threads=1, batch=4, repeats=2) > 0
+
+
+def test_verifier_crops_are_extract_crops_centred_on_the_candidate():
+    image = np.zeros((100, 120, 3), np.uint8)
+    image[40, 70] = 255
+    crops = verifier_crops(image, np.array([[70.2, 39.8], [3.0, 3.0]]), 16)
+    assert crops.shape == (2, 16, 16, 3) and crops.dtype == np.uint8
+    assert crops[0, 8, 8, 0] == 255 and crops[0].sum() == 3 * 255
+    assert np.array_equal(crops, extract_crops(image, np.array([[70.2, 39.8], [3.0, 3.0]]), 16))
+    assert verifier_crops(image, np.zeros((0, 2)), 16).shape == (0, 16, 16, 3)
+
+
+def _pool():
+    source = np.array(["icpr_pos"] * 4 + ["amibr_pos"] * 6 + ["cand_A"] * 10 + ["cand_H"] * 10 + ["ma_neg"] * 3)
+    slide = np.array(["00", "01", "00", "01"] + [""] * 6 + ["00"] * 5 + ["01"] * 5 + ["00"] * 5 + ["01"] * 5 + [""] * 3)
+    return {"images": np.zeros((len(source), tv.POOL_SIZE, tv.POOL_SIZE, 3), np.uint8), "source": source,
+            "slide": slide, "label": np.isin(source, tv.POSITIVE_SOURCES).astype(np.float32)}
+
+
+def test_sampling_is_balanced_and_respects_the_held_out_slide_and_weights():
+    pool = _pool()
+    allowed = pool["slide"] != "01"
+    weights = dict(tv.SOURCE_WEIGHTS, cand_H=0.0)
+    idx = tv.sample(pool, allowed, weights, 400, np.random.default_rng(0))
+    assert len(idx) == 400 and pool["label"][idx].sum() == 200
+    assert set(pool["slide"][idx]) <= {"00", ""}  # nothing of the held-out slide
+    assert "cand_H" not in set(pool["source"][idx])  # weight 0 removes a source
+
+
+def test_random_window_jitters_within_the_pool_crop():
+    images = np.random.default_rng(0).integers(0, 255, (3, 72, 72, 3), dtype=np.uint8)
+    out = tv.random_window(images, 64, np.random.default_rng(0))
+    assert out.shape == (3, 64, 64, 3)
+    assert np.array_equal(tv.centre_window(images, 64), images[:, 4:68, 4:68])
+
+
+def test_best_threshold_takes_the_middle_of_a_plateau():
+    t = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    counts = [DetectionCounts(1, 9, 0), DetectionCounts(5, 1, 0), DetectionCounts(5, 1, 0), DetectionCounts(5, 1, 0),
+              DetectionCounts(0, 0, 5)]
+    assert tv.best(t, counts)[0] == 2.0
+
+
+def test_far_from():
+    assert tv.far_from(np.array([[0.0, 0.0], [10.0, 0.0]]), np.array([[0.0, 3.0]]), 5.0).tolist() == [False, True]
+    assert tv.far_from(np.array([[0.0, 0.0]]), np.zeros((0, 2)), 5.0).tolist() == [True]
+
+
+def test_hue_saturation_identity_grayscale_and_wide_augment():
+    x = torch.rand(3, 3, 16, 16)
+    torch.testing.assert_close(aug.hue_saturation(x, torch.zeros(3), torch.ones(3)), x)
+    gray = aug.hue_saturation(x, torch.full((3,), 1.0), torch.zeros(3))
+    torch.testing.assert_close(gray[:, 0], gray[:, 1])
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    torch.testing.assert_close((gray * luma).sum(1), (x * luma).sum(1), atol=1e-5, rtol=0)  # luma kept
+    y = aug.augment(x, aug.AugmentConfig.wide(), aug.generator(0))
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    # the older recipes draw the same numbers as before (hue/gray off)
+    a = aug.augment(x, aug.AugmentConfig(), aug.generator(3))
+    b = aug.augment(x, aug.AugmentConfig(p_hsv=0.0, p_gray=0.0), aug.generator(3))
+    torch.testing.assert_close(a, b)
+
+
+def test_jpeg_reencode_changes_only_chosen_images():
+    images = np.random.default_rng(0).integers(0, 255, (4, 24, 24, 3), dtype=np.uint8)
+    same = aug.jpeg_reencode(images, (30, 40), 0.0, np.random.default_rng(0))
+    assert np.array_equal(same, images)
+    changed = aug.jpeg_reencode(images, (30, 40), 1.0, np.random.default_rng(0))
+    assert changed.shape == images.shape and changed.dtype == np.uint8
+    assert all(not np.array_equal(changed[i], images[i]) for i in range(4))
