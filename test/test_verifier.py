@@ -125,3 +125,31 @@ def test_jpeg_reencode_changes_only_chosen_images():
     changed = aug.jpeg_reencode(images, (30, 40), 1.0, np.random.default_rng(0))
     assert changed.shape == images.shape and changed.dtype == np.uint8
     assert all(not np.array_equal(changed[i], images[i]) for i in range(4))
+
+
+def test_evaluate_and_report_on_the_real_fields_with_perfect_scores(tmp_path):
+    """Ground-truth points scored high and far decoys scored low: F1 1 at the chosen threshold,
+    on the held-out slide and pooled by the report."""
+    from conftest import SHARED_DATA
+    from training import real_fields as rf
+    from training import verifier_report
+
+    if not (SHARED_DATA / "icpr2012" / "annotations.json").is_file():
+        pytest.skip("ICPR 2012 data not available")
+    fields = rf.icpr_fields(SHARED_DATA, ("A",))
+    rows = []
+    for i, f in enumerate(fields):
+        decoys = np.array([[5.0, 5.0], [2000.0, 5.0]])
+        rows += [(i, x, y, 0.9, 5.0) for x, y in f.mitoses] + [(i, x, y, 0.9, -5.0) for x, y in decoys]
+    a = np.array(rows)
+    scores = {"field": a[:, 0].astype(int), "xy": a[:, 1:3], "stage1": a[:, 3], "logit": a[:, 4]}
+    result = tv.evaluate(scores, SHARED_DATA, "02")
+    assert result["heldout"]["at_chosen"]["f1"] == 1.0
+    assert -5.0 < result["chosen_on_training_slides"]["threshold"] <= 5.0
+    run = tmp_path / "loso_02"
+    run.mkdir()
+    np.savez(run / "scores.npz", **scores)
+    (run / "result.json").write_text(__import__("json").dumps({**result, "train_seconds": 1.0}))
+    summary = verifier_report.variant_summary([run], fields)
+    assert summary["pooled_at_chosen"]["f1"] == 1.0 and summary["pooled_oracle"]["f1"] == 1.0
+    assert "| loso |" in verifier_report.markdown({"loso": summary})

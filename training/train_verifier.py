@@ -204,6 +204,11 @@ def train(pool: dict, allowed: np.ndarray, args) -> torch.nn.Module:
     net = build_verifier(width=args.width, input_size=INPUT_SIZE)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     weights = dict(SOURCE_WEIGHTS)
+    for item in args.weight:
+        source, value = item.split("=")
+        if source not in SOURCES:
+            raise SystemExit(f"--weight: unknown source {source!r}; sources: {', '.join(SOURCES)}")
+        weights[source] = float(value)
     for source in args.drop:
         weights[source] = 0.0
     config = aug.AugmentConfig.wide()
@@ -307,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--drop", action="append", default=[], choices=SOURCES,
                         help="ablation: leave this source out (repeatable), e.g. --drop cand_H")
+    parser.add_argument("--weight", action="append", default=[], metavar="SOURCE=W",
+                        help="sampling weight of a source within its half (repeatable), e.g. cand_A=0.6")
     parser.add_argument("--no-aug", action="store_true", help="ablation: dihedral only (no colour/blur/JPEG)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
