@@ -56,7 +56,7 @@ for _p in (REPO_ROOT, BENCH_DIR):
 
 from mitosis_analysis.settings import Settings  # noqa: E402 (after the sys.path set-up)
 
-STAGES = ("read", "tiling", "inference", "stitching", "postprocessing", "classification", "write")
+STAGES = ("read", "tiling", "inference", "stitching", "postprocessing", "verification", "classification", "write")
 DEFAULT_SIZES = ("2048x2048", "7215x5412")
 MIDOGPP_SIZE = (7215, 5412)  # (width, height) of a MIDOG++ ROI
 # Targets of issue 2 / issue 4.

@@ -5,6 +5,8 @@ Two model kinds, each built from the ``config`` dict stored in its checkpoint:
 ``build_detector(**config)``   -> module: image N x 3 x H x W in [0, 1] -> logits N x 4 x H x W
 ``build_classifier(**config)`` -> module: image N x 3 x 128 x 128 in [0, 1] -> P(atypical) (N,)
                                   (``model/classifier.py``: the sigmoid is part of its ``forward``)
+``build_verifier(**config)``   -> module: image N x 3 x 64 x 64 in [0, 1] -> mitosis logit (N,)
+                                  (``model/verifier.py``: stage 2, exported as is)
 
 Both normalise (mean/std, buffers named ``mean`` and ``std``) inside the module.
 ``for_export(kind, module)`` wraps a module so that it produces exactly what the product consumes
@@ -21,12 +23,14 @@ from torch import nn
 
 from .classifier import build_classifier
 from .unet import build_detector
+from .verifier import build_verifier
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "detector": build_detector,
     "classifier": build_classifier,
+    "verifier": build_verifier,
 }
-OUTPUT_NAMES = {"detector": "mitosis_logit", "classifier": "p_atypical"}
+OUTPUT_NAMES = {"detector": "mitosis_logit", "classifier": "p_atypical", "verifier": "logit"}
 MITOSIS_CHANNEL = 2  # index of "mitosis" in mitosis_analysis.settings.SEGMENTATION_CLASSES
 
 
@@ -70,8 +74,11 @@ class ClassifierForExport(nn.Module):
 
 
 def for_export(kind: str, net: nn.Module) -> nn.Module:
+    if kind == "verifier":  # its forward already gives the logit of shape (N,)
+        return net.eval()
     wrapper = {"detector": DetectorForExport, "classifier": ClassifierForExport}[kind]
     return wrapper(net).eval()
 
 
-__all__ = ["BUILDERS", "OUTPUT_NAMES", "build", "build_classifier", "build_detector", "for_export", "mitosis_logit"]
+__all__ = ["BUILDERS", "OUTPUT_NAMES", "build", "build_classifier", "build_detector", "build_verifier", "for_export",
+           "mitosis_logit"]

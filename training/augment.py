@@ -1,5 +1,6 @@
 """Augmentations for batches of H&E images, in PyTorch (CPU or GPU): dihedral flips/rotations,
-HED stain jitter, brightness/contrast, blur/sharpen.
+HED stain jitter, brightness/contrast, hue/saturation and grayscale blending, blur/sharpen; and
+JPEG re-encoding (on uint8 arrays, with Pillow).
 
 Images are float tensors N x 3 x H x W with RGB in [0, 1]; every function returns a new tensor of
 the same shape, clipped to [0, 1]. Each sample of a batch gets its own random parameters, drawn
@@ -128,6 +129,42 @@ def brightness_contrast(images: torch.Tensor, brightness: torch.Tensor, contrast
     return ((images - mean) * _per_sample(contrast) + mean + _per_sample(brightness)).clamp(0.0, 1.0)
 
 
+# YIQ: luma Y and the two chroma axes I, Q; a hue change is a rotation of (I, Q), a saturation
+# change a scaling of it (grayscale = scale 0).
+_YIQ_FROM_RGB = np.array([[0.299, 0.587, 0.114], [0.5959, -0.2746, -0.3213], [0.2115, -0.5227, 0.3112]])
+_RGB_FROM_YIQ = np.linalg.inv(_YIQ_FROM_RGB)
+
+
+def hue_saturation(images: torch.Tensor, hue: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:
+    """Rotate the hue by ``hue`` radians and scale the saturation by ``saturation`` (both (N,)),
+    in YIQ space; luma is unchanged. ``saturation = 0`` gives the grayscale image."""
+    _check_images(images)
+    n = images.shape[0]
+    cos, sin = torch.cos(hue) * saturation, torch.sin(hue) * saturation
+    chroma = torch.zeros(n, 3, 3, dtype=images.dtype, device=images.device)
+    chroma[:, 0, 0] = 1.0
+    chroma[:, 1, 1], chroma[:, 1, 2], chroma[:, 2, 1], chroma[:, 2, 2] = cos, -sin, sin, cos
+    m = _matrix(_RGB_FROM_YIQ, images) @ chroma @ _matrix(_YIQ_FROM_RGB, images)  # N x 3 x 3
+    return torch.einsum("nij,njhw->nihw", m, images).clamp(0.0, 1.0)
+
+
+def jpeg_reencode(images: np.ndarray, quality: tuple[int, int], p: float, rng: np.random.Generator) -> np.ndarray:
+    """N x H x W x 3 uint8: each image re-encoded as JPEG (4:2:0) with probability ``p``, at a
+    quality drawn uniformly from ``quality`` (inclusive)."""
+    import io
+
+    from PIL import Image
+
+    out = images.copy()
+    for i in np.flatnonzero(rng.random(len(images)) < p):
+        buffer = io.BytesIO()
+        Image.fromarray(images[i]).save(buffer, format="JPEG", quality=int(rng.integers(quality[0], quality[1] + 1)))
+        buffer.seek(0)
+        with Image.open(buffer) as im:
+            out[i] = np.asarray(im.convert("RGB"))
+    return out
+
+
 # --- focus --------------------------------------------------------------------------------------
 
 
@@ -170,6 +207,21 @@ class AugmentConfig:
     p_blur: float = 0.15  # and the same probability of sharpening
     blur_sigma: tuple[float, float] = (0.3, 1.2)
     sharpen_amount: tuple[float, float] = (0.2, 1.0)
+    # Hue rotation (radians, +-) and saturation scale (1 +-) with probability p_hsv; blending
+    # towards grayscale by a fraction in gray_blend with probability p_gray. Off by default (the
+    # detector and classifier recipes predate them; ``wide()`` turns them on).
+    hue: float = 0.0
+    saturation: float = 0.0
+    p_hsv: float = 0.0
+    p_gray: float = 0.0
+    gray_blend: tuple[float, float] = (0.3, 1.0)
+
+    @classmethod
+    def wide(cls) -> "AugmentConfig":
+        """Stain and colour changes wide enough for other labs and scanners (the verifier's)."""
+        return cls(hed_sigma=0.15, hed_bias=0.1, p_hed=0.9, brightness=0.12, contrast=0.25,
+                   p_brightness_contrast=0.7, p_blur=0.2, blur_sigma=(0.3, 1.5), hue=0.15, saturation=0.3,
+                   p_hsv=0.6, p_gray=0.1)
 
     @classmethod
     def strong(cls) -> "AugmentConfig":
@@ -180,7 +232,9 @@ class AugmentConfig:
 def augment_photometric(images: torch.Tensor, config: AugmentConfig, g: torch.Generator) -> torch.Tensor:
     """Stain, brightness/contrast and focus changes, each drawn per image (labels are unaffected):
     HED jitter with probability ``p_hed`` (alpha ~ U(1 +- hed_sigma), beta ~ U(+- hed_bias) per
-    stain), brightness/contrast with probability ``p_brightness_contrast``, then blur or sharpen,
+    stain), brightness/contrast with probability ``p_brightness_contrast``, hue/saturation with
+    probability ``p_hsv`` and grayscale blending with probability ``p_gray`` (only when either is
+    > 0, so older recipes draw the same random numbers), then blur or sharpen,
     each with probability ``p_blur``."""
     _check_images(images)
     n, dev = images.shape[0], images.device
@@ -193,6 +247,13 @@ def augment_photometric(images: torch.Tensor, config: AugmentConfig, g: torch.Ge
     brightness = torch.where(use, _uniform(n, -config.brightness, config.brightness, g, dev), 0.0)
     contrast = torch.where(use, _uniform(n, 1 - config.contrast, 1 + config.contrast, g, dev), 1.0)
     x = brightness_contrast(x, brightness, contrast)
+    if config.p_hsv > 0 or config.p_gray > 0:
+        use = _uniform(n, 0, 1, g, dev) < config.p_hsv
+        hue = torch.where(use, _uniform(n, -config.hue, config.hue, g, dev), 0.0)
+        sat = torch.where(use, _uniform(n, 1 - config.saturation, 1 + config.saturation, g, dev), 1.0)
+        gray = _uniform(n, 0, 1, g, dev) < config.p_gray
+        sat = sat * torch.where(gray, 1.0 - _uniform(n, *config.gray_blend, g, dev), 1.0)
+        x = hue_saturation(x, hue, sat)
     u = _uniform(n, 0, 1, g, dev)
     blur, sharp = u < config.p_blur, (u >= config.p_blur) & (u < 2 * config.p_blur)
     sigma = _uniform(n, *config.blur_sigma, g, dev)

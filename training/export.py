@@ -1,4 +1,5 @@
-"""Export the detector and the classifier to ONNX and write ``weights/manifest.json``.
+"""Export the detector and the classifier (and the stage-2 verifier, when ``<checkpoints>/verifier.pt``
+exists) to ONNX and write ``weights/manifest.json``.
 
 Usage (what ``./export.sh`` runs)::
 
@@ -56,6 +57,7 @@ FILES = {"detector": DETECTOR_FILE, "classifier": CLASSIFIER_FILE}
 PARITY_SHAPES = {
     "detector": [(1, 512, 512), (3, 256, 384)],
     "classifier": [(1, 128, 128), (5, 128, 128)],
+    "verifier": [(1, 64, 64), (7, 64, 64)],
 }
 
 
@@ -91,8 +93,8 @@ def load_model(kind: str, checkpoint_path: Path) -> tuple[nn.Module, dict, bool]
 
 def export_onnx(kind: str, net: nn.Module, path: Path, opset: int) -> None:
     wrapped = models.for_export(kind, net)
-    size = 512 if kind == "detector" else 128
-    dummy = torch.rand(1, 3, size, size)
+    _, height, width = PARITY_SHAPES[kind][0]
+    dummy = torch.rand(1, 3, height, width)
     output_name = models.OUTPUT_NAMES[kind]
     dynamic = {"image": {0: "batch"}, output_name: {0: "batch"}}
     if kind == "detector":
@@ -290,6 +292,17 @@ def main(argv: list[str] | None = None) -> int:
         manifest.verified_path(args.weights, getattr(manifest, kind))
     print(f"wrote {args.weights / MANIFEST_FILE} (trained: detector={exported['detector'].trained}, "
           f"classifier={exported['classifier'].trained})", file=sys.stderr)
+    verifier = args.checkpoints / "verifier.pt"
+    if verifier.is_file():  # stage 2 (optional): its threshold and stage-1 floor come with the checkpoint
+        from training import export_verifier
+
+        description, ckpt = export_verifier.export_checkpoint(verifier, args.weights / export_verifier.VERIFIER_FILE,
+                                                              args.opset, args.tolerance, timing=False)
+        export_verifier.install_verifier(args.weights, args.weights / export_verifier.VERIFIER_FILE, description,
+                                         ckpt["threshold"], ckpt["verify_floor"],
+                                         note=f"Verifier {verifier} (threshold logit {ckpt['threshold']:g}, "
+                                              f"stage-1 floor {ckpt['verify_floor']:g}).")
+        print(f"installed the verifier {verifier} into {args.weights}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,194 @@
+"""Stage 2: the verifier model, its ONNX export, its crops, its sampling and threshold choice, and
+the colour/JPEG augmentations it trains with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import model
+from mitosis_analysis.classify import extract_crops
+from mitosis_analysis.evaluate.detection import DetectionCounts
+from model.verifier import INPUT_SIZE, Verifier
+from training import augment as aug
+from training import export_verifier
+from training import train_verifier as tv
+
+
+def test_verifier_gives_one_logit_per_crop_and_is_small():
+    net = model.build("verifier").eval()
+    with torch.no_grad():
+        out = net(torch.rand(5, 3, INPUT_SIZE, INPUT_SIZE))
+    assert out.shape == (5,) and out.dtype == torch.float32
+    assert sum(p.numel() for p in net.parameters()) < 300_000  # runs on every candidate on a CPU
+    assert model.OUTPUT_NAMES["verifier"] == "logit"
+    with pytest.raises(ValueError):
+        model.build("verifier", arch="resnet50")
+
+
+def test_normalisation_is_in_the_graph():
+    a = Verifier(mean=(0.5, 0.5, 0.5), std=(1.0, 1.0, 1.0)).eval()
+    b = Verifier(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).eval()
+    b.load_state_dict({k: v for k, v in a.state_dict().items() if k not in ("mean", "std")}, strict=False)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x - 0.5))
+
+
+def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path):
+    import onnxruntime as ort
+
+    torch.manual_seed(1)
+    net = Verifier().eval()
+    path = tmp_path / "verifier.onnx"
+    diff = export_verifier.export_verifier(net, path)
+    assert diff <= 1e-4
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logit"]
+    for n in (1, 3, 64):
+        x = np.random.default_rng(n).random((n, 3, 64, 64), dtype=np.float32)
+        (got,) = session.run(None, {"image": x})
+        with torch.no_grad():
+            expected = net(torch.from_numpy(x)).numpy()
+        assert got.shape == (n,)
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert export_verifier.ms_per_crop(path, threads=1, batch=4, repeats=2) > 0
+
+
+def test_verifier_crops_are_centred_on_the_candidate():
+    """Training (train_verifier) and the product (pipeline.verify_candidates) cut the verifier's
+    crops with the same function: the candidate's rounded pixel at the crop's centre."""
+    image = np.zeros((100, 120, 3), np.uint8)
+    image[40, 70] = 255
+    crops = extract_crops(image, np.array([[70.2, 39.8], [3.0, 3.0]]), 16)
+    assert crops.shape == (2, 16, 16, 3) and crops.dtype == np.uint8
+    assert crops[0, 8, 8, 0] == 255 and crops[0].sum() == 3 * 255
+    assert extract_crops(image, np.zeros((0, 2)), 16).shape == (0, 16, 16, 3)
+
+
+def _pool():
+    source = np.array(["icpr_pos"] * 4 + ["amibr_pos"] * 6 + ["cand_A"] * 10 + ["cand_H"] * 10 + ["ma_neg"] * 3)
+    slide = np.array(["00", "01", "00", "01"] + [""] * 6 + ["00"] * 5 + ["01"] * 5 + ["00"] * 5 + ["01"] * 5 + [""] * 3)
+    return {"images": np.zeros((len(source), tv.POOL_SIZE, tv.POOL_SIZE, 3), np.uint8), "source": source,
+            "slide": slide, "label": np.isin(source, tv.POSITIVE_SOURCES).astype(np.float32)}
+
+
+def test_sampling_is_balanced_and_respects_the_held_out_slide_and_weights():
+    pool = _pool()
+    allowed = pool["slide"] != "01"
+    weights = dict(tv.SOURCE_WEIGHTS, cand_H=0.0)
+    idx = tv.sample(pool, allowed, weights, 400, np.random.default_rng(0))
+    assert len(idx) == 400 and pool["label"][idx].sum() == 200
+    assert set(pool["slide"][idx]) <= {"00", ""}  # nothing of the held-out slide
+    assert "cand_H" not in set(pool["source"][idx])  # weight 0 removes a source
+
+
+def test_random_window_jitters_within_the_pool_crop():
+    images = np.random.default_rng(0).integers(0, 255, (3, 72, 72, 3), dtype=np.uint8)
+    out = tv.random_window(images, 64, np.random.default_rng(0))
+    assert out.shape == (3, 64, 64, 3)
+    assert np.array_equal(tv.centre_window(images, 64), images[:, 4:68, 4:68])
+
+
+def test_best_threshold_takes_the_middle_of_a_plateau():
+    t = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    counts = [DetectionCounts(1, 9, 0), DetectionCounts(5, 1, 0), DetectionCounts(5, 1, 0), DetectionCounts(5, 1, 0),
+              DetectionCounts(0, 0, 5)]
+    assert tv.best(t, counts)[0] == 2.0
+
+
+def test_far_from():
+    assert tv.far_from(np.array([[0.0, 0.0], [10.0, 0.0]]), np.array([[0.0, 3.0]]), 5.0).tolist() == [False, True]
+    assert tv.far_from(np.array([[0.0, 0.0]]), np.zeros((0, 2)), 5.0).tolist() == [True]
+
+
+def test_hue_saturation_identity_grayscale_and_wide_augment():
+    x = torch.rand(3, 3, 16, 16)
+    torch.testing.assert_close(aug.hue_saturation(x, torch.zeros(3), torch.ones(3)), x)
+    gray = aug.hue_saturation(x, torch.full((3,), 1.0), torch.zeros(3))
+    torch.testing.assert_close(gray[:, 0], gray[:, 1])
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    torch.testing.assert_close((gray * luma).sum(1), (x * luma).sum(1), atol=1e-5, rtol=0)  # luma kept
+    y = aug.augment(x, aug.AugmentConfig.wide(), aug.generator(0))
+    assert y.shape == x.shape and float(y.min()) >= 0 and float(y.max()) <= 1
+    # the older recipes draw the same numbers as before (hue/gray off)
+    a = aug.augment(x, aug.AugmentConfig(), aug.generator(3))
+    b = aug.augment(x, aug.AugmentConfig(p_hsv=0.0, p_gray=0.0), aug.generator(3))
+    torch.testing.assert_close(a, b)
+
+
+def test_jpeg_reencode_changes_only_chosen_images():
+    images = np.random.default_rng(0).integers(0, 255, (4, 24, 24, 3), dtype=np.uint8)
+    same = aug.jpeg_reencode(images, (30, 40), 0.0, np.random.default_rng(0))
+    assert np.array_equal(same, images)
+    changed = aug.jpeg_reencode(images, (30, 40), 1.0, np.random.default_rng(0))
+    assert changed.shape == images.shape and changed.dtype == np.uint8
+    assert all(not np.array_equal(changed[i], images[i]) for i in range(4))
+
+
+def test_evaluate_and_report_on_the_real_fields_with_perfect_scores(tmp_path):
+    """Ground-truth points scored high and far decoys scored low: F1 1 at the chosen threshold,
+    on the held-out slide and pooled by the report."""
+    from conftest import SHARED_DATA
+    from training import real_fields as rf
+    from training import verifier_report
+
+    if not (SHARED_DATA / "icpr2012" / "annotations.json").is_file():
+        pytest.skip("ICPR 2012 data not available")
+    fields = rf.icpr_fields(SHARED_DATA, ("A",))
+    rows = []
+    for i, f in enumerate(fields):
+        decoys = np.array([[5.0, 5.0], [2000.0, 5.0]])
+        rows += [(i, x, y, 0.9, 5.0) for x, y in f.mitoses] + [(i, x, y, 0.9, -5.0) for x, y in decoys]
+    a = np.array(rows)
+    scores = {"field": a[:, 0].astype(int), "xy": a[:, 1:3], "stage1": a[:, 3], "logit": a[:, 4]}
+    result = tv.evaluate(scores, SHARED_DATA, "02")
+    assert result["heldout"]["at_chosen"]["f1"] == 1.0
+    assert -5.0 < result["chosen_on_training_slides"]["threshold"] <= 5.0
+    run = tmp_path / "loso_02"
+    run.mkdir()
+    np.savez(run / "scores.npz", **scores)
+    (run / "result.json").write_text(__import__("json").dumps({**result, "train_seconds": 1.0}))
+    summary = verifier_report.variant_summary([run], fields)
+    assert summary["pooled_at_chosen"]["f1"] == 1.0 and summary["pooled_oracle"]["f1"] == 1.0
+    assert "| loso |" in verifier_report.markdown({"loso": summary})
+
+
+def test_a_trained_verifier_installs_into_weights_and_the_product_uses_it(tmp_path, synthetic_weights):
+    """export_verifier.install_verifier (what ./export.sh and --install-into do): the file, its
+    manifest entry, the verification threshold and the stage-1 floor; then the product verifies."""
+    import shutil
+
+    from mitosis_analysis.decision import logit
+    from mitosis_analysis.inference import load_models
+    from mitosis_analysis.manifest import Manifest
+    from mitosis_analysis.pipeline import analyse_roi
+    from mitosis_analysis.readers import RoiImage
+    from mitosis_analysis.settings import Settings
+
+    torch.manual_seed(0)
+    net = Verifier(width=4)
+    checkpoint = tmp_path / "verifier.pt"
+    torch.save({"arch": "verifier-resnet-v1", "config": {"width": 4, "input_size": INPUT_SIZE},
+                "state_dict": net.state_dict(), "threshold": 1.5, "verify_floor": 0.2}, checkpoint)
+    weights = tmp_path / "weights"
+    shutil.copytree(synthetic_weights, weights)
+    description, ckpt = export_verifier.export_checkpoint(checkpoint, tmp_path / "out" / "verifier.onnx", timing=False)
+    installed = export_verifier.install_verifier(weights, tmp_path / "out" / "verifier.onnx", description,
+                                                 ckpt["threshold"], ckpt["verify_floor"], note="test")
+    manifest = Manifest.load(weights)
+    assert manifest == installed
+    assert manifest.verifier.output_name == "logit" and manifest.verifier.input_size == INPUT_SIZE
+    assert manifest.thresholds.verification_logit == 1.5
+    assert manifest.thresholds.candidate_floor_logit == pytest.approx(float(logit(0.2)))
+    assert manifest.provenance.notes.endswith("test")
+    settings = Settings(weights_dir=weights, device="cpu")
+    models = load_models(settings)
+    rng = np.random.default_rng(0)
+    pixels = np.clip(rng.normal(200, 20, (256, 256, 3)), 0, 255).astype(np.uint8)
+    pixels[100:112, 100:112] = 30  # a dark blob: a candidate of the synthetic detector
+    candidates = analyse_roi(RoiImage(pixels, (0.00025, 0.00025), False, tmp_path / "roi.tif"), models, settings)
+    assert candidates and all(c.verification_logit is not None for c in candidates)
+    crops = np.stack([pixels[100 - 26:100 + 38, 100 - 26:100 + 38]])  # any 64 px crop: the graph runs
+    assert models.verification_logit(crops).shape == (1,)

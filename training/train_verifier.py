@@ -1,0 +1,352 @@
+"""Train the stage-2 verifier (``model/verifier.py``): mitosis vs look-alike on a crop centred on a
+stage-1 candidate; leave-one-slide-out on the ICPR 2012 fields.
+
+Crops (``build_pool``, cached under ``training/cache/``; never committed), stored at ``POOL_SIZE``
+px and cut to the input size at a random offset (jitter of +-4 px) while training:
+
+positives  ``icpr_pos``   the 226 restored ICPR 2012 scanner-A mitoses (centroids)
+           ``amibr_pos``  the centres of all 3,720 AMi-Br crops (each centred on a mitosis)
+           ``ma_pos``     the 564 MITOS-ATYPIA-14 mitosis crops (50 px, padded by reflection)
+negatives  ``cand_A``     stage-1 candidates (score >= --verify-floor) on A fields > 7.5 um from every mitosis
+           ``cand_H``     the same on H fields (resampled to 0.25 um/px), outside the ignore region,
+                          crop window clear of it (no painted or filled pixel reaches the model)
+           ``rand_A``     random points of A fields > 7.5 um from every mitosis
+           ``amibr_neg``  MIDOG++ "not mitotic figure" boxes inside AMi-Br crops, and a corner of each
+                          AMi-Br crop > 7.5 um from every annotated mitosis
+           ``ma_neg``     the 643 MITOS-ATYPIA-14 random crops (easy)
+
+Each batch is half positives, half negatives; within each half the sources are drawn with the
+weights of ``SOURCE_WEIGHTS`` (``--drop cand_H`` removes a source, for ablations). ICPR slides of the
+held-out fold (A and H of that slide) are excluded from every source; AMi-Br and MITOS-ATYPIA-14
+are always in training.
+
+After training, every scanner-A candidate of every slide is scored; the run writes
+``scores.npz`` (field index, x, y, stage-1 score, logit) and ``result.json`` (held-out F1 at 7.5 um
+with the threshold chosen on the training slides, the oracle threshold, the stage-1 baseline).
+
+    python -m training.train_verifier --holdout 00 --out training/runs/verifier/loso_00
+    python -m training.train_verifier --out training/runs/verifier/final   # all five slides
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from mitosis_analysis.classify import extract_crops  # noqa: E402
+from mitosis_analysis.evaluate.detection import DetectionCounts, count_matches  # noqa: E402
+from model.verifier import ARCH, INPUT_SIZE, build_verifier  # noqa: E402
+from training import augment as aug  # noqa: E402
+from training import data as amibr  # noqa: E402
+from training import labels as label_lib  # noqa: E402
+from training import real_fields as rf  # noqa: E402
+from training import runtime  # noqa: E402
+from training.train_classifier import focal_loss, lr_factor  # noqa: E402
+
+POOL_SIZE = INPUT_SIZE + 8
+POSITIVE_SOURCES = ("icpr_pos", "amibr_pos", "ma_pos")
+NEGATIVE_SOURCES = ("cand_A", "cand_H", "rand_A", "amibr_neg", "ma_neg")
+SOURCE_WEIGHTS = {"icpr_pos": 0.4, "amibr_pos": 0.4, "ma_pos": 0.2,
+                  "cand_A": 0.4, "cand_H": 0.3, "rand_A": 0.1, "amibr_neg": 0.1, "ma_neg": 0.1}
+SOURCES = POSITIVE_SOURCES + NEGATIVE_SOURCES
+# Stage-1 candidates the verifier looks at: the product's floor (0.1) components whose peak score
+# reaches this (recall 0.942 on the 35 A fields, as at the product floor; ~110 candidates per Mpx).
+VERIFY_FLOOR = 0.2
+RANDOM_PER_FIELD = 40
+
+
+# --- the pool of crops ----------------------------------------------------------------------------
+
+
+def far_from(points: np.ndarray, truth: np.ndarray, radius: float) -> np.ndarray:
+    """True for points farther than ``radius`` from every truth point."""
+    points, truth = np.asarray(points, float).reshape(-1, 2), np.asarray(truth, float).reshape(-1, 2)
+    if len(truth) == 0 or len(points) == 0:
+        return np.ones(len(points), dtype=bool)
+    d = np.sqrt(((points[:, None] - truth[None]) ** 2).sum(-1))
+    return d.min(1) > radius
+
+
+def field_candidates(field: rf.Field, verify_floor: float, cache: Path, product_floor: float = 0.1) -> np.ndarray:
+    c = rf.load_candidates(field.name, product_floor, cache)
+    return c[c[:, 2] >= verify_floor]
+
+
+def build_pool(data: Path, cache: Path, verify_floor: float = VERIFY_FLOOR, size: int = POOL_SIZE, seed: int = 0) -> dict:
+    """All training crops (``size`` px) with source, label and ICPR slide ("" outside ICPR)."""
+    rng = np.random.default_rng(seed)
+    images, source, slide = [], [], []
+
+    def add(crops: np.ndarray, src: str, sl: str | np.ndarray) -> None:
+        images.append(crops)
+        source.extend([src] * len(crops))
+        slide.extend(list(sl) if isinstance(sl, np.ndarray) else [sl] * len(crops))
+
+    for field in rf.icpr_fields(data):
+        loaded = rf.load_field(field, cache)
+        cands = field_candidates(field, verify_floor, cache)[:, :2]
+        if field.scanner == "A":
+            add(extract_crops(loaded.pixels, loaded.mitoses, size), "icpr_pos", field.slide)
+            neg = cands[far_from(cands, loaded.mitoses, loaded.radius_px)]
+            add(extract_crops(loaded.pixels, neg, size), "cand_A", field.slide)
+            h, w = loaded.pixels.shape[:2]
+            pts = rng.uniform([0, 0], [w - 1, h - 1], size=(RANDOM_PER_FIELD * 2, 2))
+            pts = pts[far_from(pts, loaded.mitoses, loaded.radius_px)][:RANDOM_PER_FIELD]
+            add(extract_crops(loaded.pixels, pts, size), "rand_A", field.slide)
+        else:
+            ok = ~rf.in_ignore(loaded.ignore, cands) & rf.windows_clear(loaded.ignore, cands, size)
+            add(extract_crops(loaded.pixels, cands[ok], size), "cand_H", field.slide)
+
+    table = amibr.load_table(data / "ami-br")
+    pixels = amibr.load_crops(table)
+    c = amibr.CROP_SIZE // 2
+    add(extract_crops_each(pixels, np.tile([[c, c]], (len(table), 1)), size), "amibr_pos", "")
+    annotations = label_lib.slide_annotations(table, label_lib.midogpp_points(data / label_lib.MIDOGPP_FILE))
+    radius = label_lib.MATCH_RADIUS_UM / label_lib.SPACING_UM
+    corners = np.array([[size // 2, size // 2], [amibr.CROP_SIZE - size // 2, size // 2],
+                        [size // 2, amibr.CROP_SIZE - size // 2], [amibr.CROP_SIZE - size // 2] * 2], dtype=float)
+    neg_idx, neg_xy = [], []
+    for i, crop in enumerate(table):
+        mitoses, hard = label_lib.crop_points(crop, annotations)
+        for p in hard[far_from(hard, mitoses, radius)]:
+            neg_idx.append(i)
+            neg_xy.append(p)
+        free = corners[far_from(corners, mitoses, radius)]
+        if len(free):
+            neg_idx.append(i)
+            neg_xy.append(free[rng.integers(len(free))])
+    add(extract_crops_each(pixels[neg_idx], np.array(neg_xy), size), "amibr_neg", "")
+
+    ma, ma_label, _ = rf.mitos_atypia(data)
+    ma = rf.reflect_pad(ma, size)
+    add(ma[ma_label == 1], "ma_pos", "")
+    add(ma[ma_label == 0], "ma_neg", "")
+    source_arr = np.array(source)
+    return {"images": np.concatenate(images), "source": source_arr, "slide": np.array(slide),
+            "label": np.isin(source_arr, POSITIVE_SOURCES).astype(np.float32)}
+
+
+def extract_crops_each(images: np.ndarray, centres_xy: np.ndarray, size: int) -> np.ndarray:
+    """One crop per image (``images[i]`` around ``centres_xy[i]``), by ``extract_crops``."""
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, (image, xy) in enumerate(zip(images, centres_xy)):
+        out[i] = extract_crops(image, np.asarray(xy, float).reshape(1, 2), size)[0]
+    return out
+
+
+def load_pool(data: Path, cache: Path, verify_floor: float) -> dict:
+    path = cache / f"verifier_pool_{verify_floor:g}_{POOL_SIZE}.npz"
+    if path.is_file():
+        z = np.load(path)
+        return {k: z[k] for k in z.files}
+    pool = build_pool(data, cache, verify_floor)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **pool)
+    tmp.replace(path)
+    return pool
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def sample(pool: dict, allowed: np.ndarray, weights: dict[str, float], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices, half positive and half negative; sources within a half by ``weights``."""
+    out = []
+    for sources, k in ((POSITIVE_SOURCES, n // 2), (NEGATIVE_SOURCES, n - n // 2)):
+        groups = [(s, np.flatnonzero(allowed & (pool["source"] == s))) for s in sources]
+        groups = [(s, idx) for s, idx in groups if len(idx) and weights.get(s, 0) > 0]
+        w = np.array([weights[s] for s, _ in groups])
+        which = rng.choice(len(groups), size=k, p=w / w.sum())
+        out.extend(groups[g][1][rng.integers(len(groups[g][1]))] for g in which)
+    return np.array(out)
+
+
+def random_window(images: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``size`` px window of each image at a random offset (jitter of the centre)."""
+    margin = images.shape[1] - size
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, (r, c) in enumerate(rng.integers(0, margin + 1, size=(len(images), 2))):
+        out[i] = images[i, r : r + size, c : c + size]
+    return out
+
+
+def centre_window(images: np.ndarray, size: int) -> np.ndarray:
+    o = (images.shape[1] - size) // 2
+    return images[:, o : o + size, o : o + size]
+
+
+def logits_of(net, crops: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Verifier logits of N x S x S x 3 uint8 crops (eval mode)."""
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(crops), batch):
+            out.append(net(aug.to_float(torch.from_numpy(np.ascontiguousarray(crops[s : s + batch])))).numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def train(pool: dict, allowed: np.ndarray, args) -> torch.nn.Module:
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    g = aug.generator(args.seed)
+    net = build_verifier(width=args.width, input_size=INPUT_SIZE)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    weights = dict(SOURCE_WEIGHTS)
+    for item in args.weight:
+        source, value = item.split("=")
+        if source not in SOURCES:
+            raise SystemExit(f"--weight: unknown source {source!r}; sources: {', '.join(SOURCES)}")
+        weights[source] = float(value)
+    for source in args.drop:
+        weights[source] = 0.0
+    config = aug.AugmentConfig.wide()
+    t0 = time.perf_counter()
+    for step in range(args.steps):
+        for group in opt.param_groups:
+            group["lr"] = args.lr * lr_factor(step, args.steps, warmup=50)
+        idx = sample(pool, allowed, weights, args.batch, rng)
+        crops = random_window(pool["images"][idx], INPUT_SIZE, rng)
+        if not args.no_aug:
+            crops = aug.jpeg_reencode(crops, (40, 95), 0.3, rng)
+        x = aug.to_float(torch.from_numpy(crops))
+        if not args.no_aug:
+            x = aug.augment(x, config, g)
+        else:
+            (x,) = aug.random_dihedral(x, g=g)
+        y = torch.from_numpy(pool["label"][idx])
+        net.train()
+        loss = focal_loss(net(x), y, args.gamma)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == args.steps - 1:
+            print(f"step {step} loss {loss.item():.4f} {time.perf_counter() - t0:.0f} s", flush=True)
+    return net.eval()
+
+
+# --- evaluation on the fields ---------------------------------------------------------------------
+
+
+def score_fields(net, data: Path, cache: Path, verify_floor: float) -> dict:
+    """Logit of every scanner-A candidate (score >= verify_floor), per field."""
+    rows = []
+    for i, field in enumerate(rf.icpr_fields(data, ("A",))):
+        loaded = rf.load_field(field, cache)
+        c = field_candidates(field, verify_floor, cache)
+        logit = logits_of(net, extract_crops(loaded.pixels, c[:, :2], INPUT_SIZE))
+        rows.append(np.c_[np.full(len(c), i), c, logit])
+    a = np.concatenate(rows)
+    return {"field": a[:, 0].astype(int), "xy": a[:, 1:3], "stage1": a[:, 3], "logit": a[:, 4]}
+
+
+def f1_by_threshold(fields: list[rf.Field], scores: dict, keep_fields: list[int], thresholds: np.ndarray,
+                    key: str = "logit") -> list[DetectionCounts]:
+    """Micro counts over ``keep_fields`` when candidates with ``scores[key] >= t`` are detections."""
+    out = []
+    per_field = {i: (scores["xy"][scores["field"] == i], scores[key][scores["field"] == i]) for i in keep_fields}
+    for t in thresholds:
+        total = DetectionCounts()
+        for i in keep_fields:
+            xy, s = per_field[i]
+            total = total + count_matches(fields[i].mitoses, xy[s >= t], rf.MATCH_RADIUS_UM / fields[i].spacing_um[0])
+        out.append(total)
+    return out
+
+
+def best(thresholds: np.ndarray, counts: list[DetectionCounts]) -> tuple[float, DetectionCounts]:
+    """The threshold of the best F1; of a plateau of equal F1, its middle threshold."""
+    f1 = np.array([c.f1 or 0.0 for c in counts])
+    top = np.flatnonzero(f1 >= f1.max() - 1e-12)
+    k = int(top[len(top) // 2])
+    return float(thresholds[k]), counts[k]
+
+
+def evaluate(scores: dict, data: Path, holdout: str | None) -> dict:
+    fields = rf.icpr_fields(data, ("A",))
+    thresholds = np.round(np.arange(-6.0, 8.0001, 0.25), 2)
+    test = [i for i, f in enumerate(fields) if f.slide == holdout]
+    trainf = [i for i, f in enumerate(fields) if f.slide != holdout]
+    chosen_t, on_train = best(thresholds, f1_by_threshold(fields, scores, trainf, thresholds))
+    result = {"holdout": holdout, "thresholds_searched": [float(thresholds[0]), float(thresholds[-1]), 0.25],
+              "chosen_on_training_slides": {"threshold": chosen_t, **on_train.as_dict()}}
+    if test:
+        sweep = f1_by_threshold(fields, scores, test, thresholds)
+        oracle_t, oracle = best(thresholds, sweep)
+        k = int(np.argmin(np.abs(thresholds - chosen_t)))
+        zero = int(np.argmin(np.abs(thresholds)))
+        result["heldout"] = {"fields": len(test), "mitoses": int(sum(len(fields[i].mitoses) for i in test)),
+                             "at_chosen": sweep[k].as_dict(), "at_logit_0": sweep[zero].as_dict(),
+                             "oracle": {"threshold": oracle_t, **oracle.as_dict()},
+                             "stage1_recall_at_verify_floor": f1_by_threshold(fields, scores, test, [-1e9])[0].as_dict(),
+                             "sweep_f1": [c.f1 for c in sweep]}
+        # per-field counts at the chosen threshold, for pooling over folds
+        result["heldout"]["per_field"] = {fields[i].name: f1_by_threshold(fields, scores, [i], [chosen_t])[0].as_dict()
+                                          for i in test}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=rf.DATA_DIR)
+    parser.add_argument("--cache", type=Path, default=rf.CACHE_DIR)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--holdout", default=None, help="ICPR slide held out (00-04); none = all five in training")
+    parser.add_argument("--verify-floor", type=float, default=VERIFY_FLOOR)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--gamma", type=float, default=0.0, help="focal loss gamma (0 = BCE)")
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--drop", action="append", default=[], choices=SOURCES,
+                        help="ablation: leave this source out (repeatable), e.g. --drop cand_H")
+    parser.add_argument("--weight", action="append", default=[], metavar="SOURCE=W",
+                        help="sampling weight of a source within its half (repeatable), e.g. cand_A=0.6")
+    parser.add_argument("--no-aug", action="store_true", help="ablation: dihedral only (no colour/blur/JPEG)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    pool = load_pool(args.data, args.cache, args.verify_floor)
+    allowed = pool["slide"] != (args.holdout or "none")
+    counts = {s: int((allowed & (pool["source"] == s)).sum()) for s in SOURCES}
+    print(f"pool: {counts} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    net = train(pool, allowed, args)
+    train_s = time.perf_counter() - t0
+    scores = score_fields(net, args.data, args.cache, args.verify_floor)
+    np.savez(args.out / "scores.npz", **scores)
+    result = evaluate(scores, args.data, args.holdout)
+    result.update({"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                   "pool_counts": counts, "train_seconds": round(train_s, 1)})
+    runtime.write_json(result, args.out / "result.json")
+    command = "python -m training.train_verifier " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    runtime.save_checkpoint({
+        "arch": ARCH, "config": {"width": args.width, "input_size": INPUT_SIZE,
+                                 "mean": net.mean.flatten().tolist(), "std": net.std.flatten().tolist()},
+        "state_dict": net.state_dict(), "threshold": result["chosen_on_training_slides"]["threshold"],
+        "verify_floor": args.verify_floor, "metrics": result, "command": command,
+        "data": "ICPR 2012 A+H (slides other than the held-out one), AMi-Br crops, MIDOG++ hard negatives "
+                "inside AMi-Br crops, MITOS-ATYPIA-14 crops; from scratch, no pretrained weights",
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }, args.out / "verifier.pt")
+    h = result.get("heldout")
+    print(f"chosen t={result['chosen_on_training_slides']['threshold']}"
+          + (f" held-out F1 {h['at_chosen']['f1']} (P {h['at_chosen']['precision']}, R {h['at_chosen']['recall']}),"
+             f" oracle {h['oracle']}" if h else ""), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
