@@ -73,9 +73,11 @@ def _add_dark_figures(haematoxylin: np.ndarray, rng: np.random.Generator, spacin
             np.maximum(region, 2.6 * disk, out=region)
 
 
-def write_roi_tiff(path: Path, image: np.ndarray, compression: str = "jpeg") -> Path:
-    """Write ``image`` as a tiled TIFF at 0.25 um/px. ``compression``: jpeg (quality 90), deflate,
-    lzw, zstd or none; tiled 256 x 256 as whole-slide scanners and grand-challenge's converter do."""
+def write_roi_tiff(path: Path, image: np.ndarray, compression: str = "jpeg",
+                   spacing_um: float = MICROMETRES_PER_PIXEL) -> Path:
+    """Write ``image`` as a tiled TIFF at ``spacing_um`` (default 0.25 um/px). ``compression``: jpeg
+    (quality 90), deflate, lzw, zstd or none; tiled 256 x 256 as whole-slide scanners and
+    grand-challenge's converter do."""
     import tifffile
 
     codecs = {
@@ -95,7 +97,7 @@ def write_roi_tiff(path: Path, image: np.ndarray, compression: str = "jpeg") -> 
         tile=(256, 256),
         compression=codec,
         compressionargs=args,
-        resolution=(PIXELS_PER_CM, PIXELS_PER_CM),
+        resolution=(1e4 / spacing_um, 1e4 / spacing_um),
         resolutionunit="CENTIMETER",
         bigtiff=image.nbytes > 2**31,
     )

@@ -11,18 +11,31 @@ Classifier = Callable[[np.ndarray], np.ndarray]  # N x S x S x 3 uint8 -> N P(at
 
 def extract_crops(image: np.ndarray, centres_xy: np.ndarray, size: int) -> np.ndarray:
     """``size`` x ``size`` crops centred on each (x, y) (rounded to the nearest pixel); parts that
-    fall outside the image are filled by reflection. Returns N x size x size x C uint8."""
+    fall outside the image are filled by reflection about the border pixel (by repeating it when
+    the image is not larger than a crop), as ``np.pad`` of the whole image would fill them; only
+    the crops that reach past the border are indexed that way. Returns N x size x size x C uint8."""
     n = len(centres_xy)
     out = np.empty((n, size, size, image.shape[2]), image.dtype)
-    if n == 0:
-        return out
+    h, w = image.shape[:2]
+    mirror = min(h, w) > size
     half = size // 2
-    padded = np.pad(image, ((size, size), (size, size), (0, 0)), mode="reflect" if min(image.shape[:2]) > size else "edge")
-    for i, (x, y) in enumerate(np.asarray(centres_xy, dtype=np.float64)):
-        r0 = int(np.floor(y + 0.5)) - half + size
-        c0 = int(np.floor(x + 0.5)) - half + size
-        out[i] = padded[r0 : r0 + size, c0 : c0 + size]
+    for i, (x, y) in enumerate(np.asarray(centres_xy, dtype=np.float64).reshape(-1, 2)):
+        r0, c0 = int(np.floor(y + 0.5)) - half, int(np.floor(x + 0.5)) - half
+        if 0 <= r0 and r0 + size <= h and 0 <= c0 and c0 + size <= w:
+            out[i] = image[r0 : r0 + size, c0 : c0 + size]
+        else:
+            out[i] = image[np.ix_(_inside(r0, size, h, mirror), _inside(c0, size, w, mirror))]
     return out
+
+
+def _inside(start: int, size: int, n: int, mirror: bool) -> np.ndarray:
+    """Indices start .. start + size - 1 folded into [0, n): mirrored about the border pixels
+    (``np.pad``'s "reflect", for overshoots shorter than the axis) or clamped ("edge")."""
+    i = np.arange(start, start + size)
+    if not mirror:
+        return np.clip(i, 0, n - 1)
+    i = np.abs(i)
+    return np.where(i > n - 1, 2 * (n - 1) - i, i)
 
 
 # Flip views for test-time augmentation: (flip rows, flip columns, transpose)

@@ -45,9 +45,18 @@ def select_providers(device: str) -> list[str]:
 
 
 class OnnxModel:
-    """One ONNX Runtime session with a single input and a single output of interest."""
+    """One ONNX Runtime session with a single input and a single output of interest.
 
-    def __init__(self, path: Path, entry: ModelEntry, providers: list[str]):
+    On the GPU (``io_binding``, default there) runs go through IO binding with buffers kept per
+    input shape: the input copied into a device buffer allocated once, the output left in a device
+    buffer allocated once. On the CPU a plain ``run`` reads the batch where it lies (binding would
+    add a copy). With ``fixed_batch`` (on the GPU) every batch is padded to that size, so the
+    model sees one shape: cuDNN's algorithm search (ONNX Runtime's default, exhaustive) runs once
+    per model, not once per odd last batch.
+    """
+
+    def __init__(self, path: Path, entry: ModelEntry, providers: list[str], fixed_batch: int | None = None,
+                 io_binding: bool | None = None):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -57,18 +66,59 @@ class OnnxModel:
         except Exception as exc:
             raise InputError(f"cannot load model {path.name}: {str(exc).splitlines()[0]}") from None
         self.input_name = entry.input_name
+        self.input_format = entry.input_format
         self.output_name = entry.output_name
         names = {i.name for i in self.session.get_inputs()}, {o.name for o in self.session.get_outputs()}
         if self.input_name not in names[0] or self.output_name not in names[1]:
             raise InputError(f"model {path.name} lacks input {self.input_name!r} or output {self.output_name!r}")
+        self.fixed_batch = fixed_batch
+        self._device = "cuda" if self.provider == CUDA else "cpu"
+        self.io_binding = self._device == "cuda" if io_binding is None else io_binding
+        self._bound: dict[tuple, tuple] = {}  # input shape -> (binding, input buffer, output buffer or None)
 
     @property
     def provider(self) -> str:
         return self.session.get_providers()[0]
 
     def __call__(self, batch_uint8: np.ndarray) -> np.ndarray:
-        x = to_model_input(batch_uint8)
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+        """N x H x W x 3 uint8 in, the model's output out (fed as the graph's ``input_format``)."""
+        n, size = len(batch_uint8), self.fixed_batch
+        if size is None or n == size:
+            return self._run(self._input(batch_uint8))
+        parts = []
+        for start in range(0, n, size):
+            chunk = batch_uint8[start : start + size]
+            padded = np.zeros((size, *chunk.shape[1:]), np.uint8)  # the last batch padded with black
+            padded[: len(chunk)] = chunk
+            parts.append(self._run(self._input(padded))[: len(chunk)])
+        return np.concatenate(parts) if parts else self._run(self._input(batch_uint8))
+
+    def _input(self, batch_uint8: np.ndarray) -> np.ndarray:
+        if self.input_format == "uint8-nhwc":
+            return np.ascontiguousarray(batch_uint8, dtype=np.uint8)
+        return to_model_input(batch_uint8)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        import onnxruntime as ort
+
+        if not self.io_binding:
+            return self.session.run([self.output_name], {self.input_name: x})[0]
+        key = (x.shape, x.dtype.str)
+        if key not in self._bound:
+            buffer = ort.OrtValue.ortvalue_from_shape_and_type(x.shape, x.dtype, self._device, 0)
+            binding = self.session.io_binding()
+            binding.bind_ortvalue_input(self.input_name, buffer)
+            binding.bind_output(self.output_name, self._device)
+            self._bound[key] = (binding, buffer, None)
+        binding, buffer, output = self._bound[key]
+        buffer.update_inplace(x)
+        self.session.run_with_iobinding(binding)
+        if output is None:  # first run of this shape: keep the output buffer ORT allocated
+            output = binding.get_outputs()[0]
+            binding.bind_ortvalue_output(self.output_name, output)
+            self._bound[key] = (binding, buffer, output)
+        # a CPU buffer's numpy() is a view that the next run overwrites; a GPU one is copied out
+        return output.numpy().copy() if self._device == "cpu" else output.numpy()
 
 
 @dataclass
@@ -82,9 +132,17 @@ class Models:
     def provider(self) -> str:
         return self.detector.provider
 
+    @property
+    def output_stride(self) -> int:
+        """Pixels per map pixel of the detector's output (its s x s block maxima)."""
+        return self.manifest.detector.output_stride
+
     def mitosis_logit(self, tiles: np.ndarray) -> np.ndarray:
-        """N x T x T x 3 uint8 tiles -> N x T x T float32 mitosis logit (log-odds against the rest)."""
-        return np.asarray(self.detector(tiles), dtype=np.float32).reshape(len(tiles), *tiles.shape[1:3])
+        """N x T x T x 3 uint8 tiles -> N x T/s x T/s float32 mitosis logit (log-odds against the
+        rest), s = ``output_stride``."""
+        s = self.output_stride
+        shape = (len(tiles), tiles.shape[1] // s, tiles.shape[2] // s)
+        return np.asarray(self.detector(tiles), dtype=np.float32).reshape(shape)
 
     def atypical_probability(self, crops: np.ndarray) -> np.ndarray:
         """N x S x S x 3 uint8 crops -> N float32 P(atypical)."""
@@ -113,11 +171,15 @@ def load_models(settings: Settings) -> Models:
             if not paths[role].is_file():
                 raise InputError(f"model file missing: {paths[role]}")
     providers = select_providers(settings.device)
+    # fixed batch shapes on the GPU only: on the CPU a padded batch is wasted work
+    gpu = providers[0] == CUDA
+    tiles, crops = (settings.batch_size, settings.classifier_batch_size) if gpu else (None, None)
     models = Models(
-        detector=OnnxModel(paths["detector"], manifest.detector, providers),
-        classifier=OnnxModel(paths["classifier"], manifest.classifier, providers),
+        detector=OnnxModel(paths["detector"], manifest.detector, providers, tiles),
+        classifier=OnnxModel(paths["classifier"], manifest.classifier, providers, crops),
         manifest=manifest,
-        verifier=None if manifest.verifier is None else OnnxModel(paths["verifier"], manifest.verifier, providers),
+        verifier=None if manifest.verifier is None
+        else OnnxModel(paths["verifier"], manifest.verifier, providers, crops),
     )
     if providers[0] == CUDA and models.provider != CUDA:
         if settings.device == "cuda":

@@ -11,11 +11,14 @@ crowd against 1 and float16/float32 rounding cannot flip them. ``decision.py`` a
 one place; the probabilities written out are ``sigmoid(logit - threshold)``, so every operating
 threshold sits at probability 0.5.
 
-Model I/O contract (both models):
-  input  ``image``: float32, NCHW, RGB scaled to [0, 1]; normalisation (mean/std) happens inside
-         the graph and is recorded here for information only.
-  detector output ``mitosis_logit``: float32 N x H x W, log-odds of the mitosis class against the
-         three others, ``z_mitosis - logsumexp(z_others)`` of the 4-class segmentation logits.
+Model I/O contract (every model):
+  input  ``image``: ``input_format`` says which: "uint8-nhwc" (N x H x W x 3 RGB bytes, as the
+         product holds tiles and crops; layout change and scaling happen inside the graph) or
+         "float32-nchw" (RGB scaled to [0, 1]). Normalisation (mean/std) happens inside the graph
+         and is recorded here for information only.
+  detector output ``mitosis_logit``: float32 N x H/s x W/s with s = ``output_stride``: log-odds of
+         the mitosis class against the three others, ``z_mitosis - logsumexp(z_others)`` of the
+         4-class segmentation logits, max-pooled over s x s blocks in the graph (s = 1: per pixel).
   classifier output ``p_atypical``: float32 N, the probability that the crop is atypical (turned
          into a logit in float64 by ``decision.logit``).
   verifier (optional stage 2) output ``logit``: float32 N, mitosis vs look-alike on an
@@ -46,7 +49,10 @@ class ModelEntry(BaseModel):
     file: str
     sha256: str
     input_name: str = "image"
+    input_format: Literal["float32-nchw", "uint8-nhwc"] = "float32-nchw"
     output_name: str
+    # Detector: the output map is max-pooled over output_stride x output_stride blocks in the graph.
+    output_stride: int = Field(default=1, ge=1, le=16)
     # Spatial size the model was trained on; the detector accepts any multiple of 32.
     input_size: int
     normalisation: Normalisation
@@ -124,6 +130,9 @@ class Manifest(BaseModel):
     def _verifier_has_a_threshold(self) -> "Manifest":
         if (self.verifier is None) != (self.thresholds.verification_logit is None):
             raise ValueError("a verifier and thresholds.verification_logit go together")
+        if self.plan.tile_size % self.detector.output_stride:
+            raise ValueError(f"plan.tile_size {self.plan.tile_size} is not a multiple of the detector's "
+                             f"output_stride {self.detector.output_stride}")
         return self
 
     @classmethod

@@ -11,7 +11,10 @@ the image passed in, pixel centres at integer positions.
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -19,13 +22,13 @@ from .candidates import Candidate, find_candidates, suppress_duplicates
 from .classify import classify_crops, extract_crops
 from .decision import is_mitosis, logit
 from .inference import Models
-from .readers import RoiImage, resize_bilinear
-from .log import warn
+from .readers import RoiImage
 from .settings import Settings
+from .source import ArraySource, SlideView
 from .stitching import Stitcher
-from .tiling import iter_batches, pad_to_tile, tile_grid
+from .tiling import iter_batches, padded_shape, tile_grid
 from .timing import StageTimer
-from .tissue import tissue_fraction
+from .tissue import tile_tissue_fractions
 from .validation import check_pixel_budget, shown
 
 
@@ -36,30 +39,70 @@ GLASS_LOGIT = -30.0
 def mitosis_logit_map(
     pixels: np.ndarray, models: Models, settings: Settings, timer: StageTimer | None = None
 ) -> np.ndarray:
-    """H x W float32 mitosis logit, tiles blended with Gaussian weights (the manifest's plan).
+    """The mitosis logit over the image, tiles blended with Gaussian weights (the manifest's plan):
+    float32 ceil(H / s) x ceil(W / s) for a detector whose map is pooled over s x s blocks
+    (``Models.output_stride``; s = 1: per pixel). Map pixel (i, j) covers image rows
+    [i s, (i + 1) s) and columns [j s, (j + 1) s).
 
-    Tiles with (almost) no tissue are not inferred and take no part in the blending; pixels that
-    no inferred tile covers get ``GLASS_LOGIT``.
+    Tiles with (almost) no tissue (one mask per image, ``tile_tissue_fractions``) are not inferred
+    and take no part in the blending; map pixels that no inferred tile covers get ``GLASS_LOGIT``.
+    The model runs on a worker thread (ONNX Runtime releases the GIL), one batch ahead of the
+    stitching, as nnU-Net's predictor overlaps its GPU with the CPU.
     """
     timer = timer or StageTimer()
     plan = models.manifest.plan
+    stride = models.output_stride
     height, width = pixels.shape[:2]
     tile = plan.tile_size
     with timer.stage("tiling"):
-        padded = pad_to_tile(pixels, tile)
-        tiles = tile_grid(padded.shape[0], padded.shape[1], tile, plan.stride())
-        stitcher = Stitcher(padded.shape[0], padded.shape[1], tile)
-    for batch_tiles, batch in iter_batches(padded, tiles, tile, settings.batch_size):
-        with timer.stage("tiling"):
-            keep = np.array([tissue_fraction(t) >= plan.min_tissue_fraction for t in batch])
-        if not keep.any():
-            continue
-        with timer.stage("inference"):
-            logits = models.mitosis_logit(batch[keep])
-        with timer.stage("stitching"):
-            stitcher.add([t for t, k in zip(batch_tiles, keep) if k], logits)
+        ph, pw = padded_shape(height, width, tile, stride)
+        tiles = tile_grid(ph, pw, tile, plan.stride(), stride)
+        keep = tile_tissue_fractions(pixels, tiles, tile) >= plan.min_tissue_fraction
+        tiles = [t for t, k in zip(tiles, keep) if k]
+        stitcher = Stitcher(ph, pw, tile, stride)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="detector") as model_thread:
+        pending: deque = deque()
+        for batch_tiles, batch in _timed_batches(timer, iter_batches(pixels, tiles, tile, settings.batch_size, stride)):
+            pending.append((batch_tiles, model_thread.submit(_timed, timer, models.mitosis_logit, batch)))
+            if len(pending) > 1:
+                _stitch(stitcher, *pending.popleft(), timer)
+        while pending:
+            _stitch(stitcher, *pending.popleft(), timer)
     with timer.stage("stitching"):
         return stitcher.result(height, width, empty=GLASS_LOGIT)
+
+
+def _timed_batches(timer: StageTimer, batches: Iterator) -> Iterator:
+    """``batches``, the time spent cutting each counted as tiling."""
+    while True:
+        with timer.stage("tiling"):
+            item = next(batches, None)
+        if item is None:
+            return
+        yield item
+
+
+def _timed(timer: StageTimer, model, batch: np.ndarray) -> np.ndarray:
+    with timer.stage("inference"):
+        return model(batch)
+
+
+def _stitch(stitcher: Stitcher, tiles: list, logits: Future, timer: StageTimer) -> None:
+    result = logits.result()
+    with timer.stage("stitching"):
+        stitcher.add(tiles, result)
+
+
+def candidates_from_map(logits: np.ndarray, stride: int, floor_logit: float, models: Models) -> list[Candidate]:
+    """Candidates of a mitosis logit map (``mitosis_logit_map``; map pixels of ``stride`` image
+    pixels) at or above ``floor_logit``, in image pixels, duplicates within the suppression radius
+    removed (the manifest's plan)."""
+    manifest = models.manifest
+    found = find_candidates(logits, floor_logit, manifest.plan.centroid_radius_mm / manifest.spacing_mm / stride)
+    if stride != 1:  # map pixel i covers image pixels [i s, (i + 1) s): its centre is (i + 0.5) s - 0.5
+        found = [replace(c, x=(c.x + 0.5) * stride - 0.5, y=(c.y + 0.5) * stride - 0.5, area=c.area * stride**2)
+                 for c in found]
+    return suppress_duplicates(found, manifest.plan.suppression_radius_mm / manifest.spacing_mm)
 
 
 def detect_candidates(
@@ -68,12 +111,10 @@ def detect_candidates(
     """Scored candidates (local maxima of the mitosis logit at or above the manifest's floor),
     duplicates within the suppression radius removed. ``pixels`` must be at the models' spacing."""
     timer = timer or StageTimer()
-    manifest = models.manifest
     logits = mitosis_logit_map(pixels, models, settings, timer)
     with timer.stage("postprocessing"):
-        candidates = find_candidates(logits, manifest.thresholds.candidate_floor_logit,
-                                     manifest.plan.centroid_radius_mm / manifest.spacing_mm)
-        return suppress_duplicates(candidates, manifest.plan.suppression_radius_mm / manifest.spacing_mm)
+        return candidates_from_map(logits, models.output_stride, models.manifest.thresholds.candidate_floor_logit,
+                                   models)
 
 
 def classify_candidates(
@@ -116,21 +157,32 @@ def verify_candidates(
     return [replace(c, verification_logit=float(zi)) for c, zi in zip(candidates, z)]
 
 
+def analyse_region(pixels: np.ndarray, models: Models, settings: Settings, timer: StageTimer | None = None,
+                   keep: Callable[[Candidate], bool] | None = None) -> list[Candidate]:
+    """The engine both modes run on a box of the working grid (``pixels`` at the models' spacing):
+    candidates (``detect_candidates``), those that ``keep`` accepts (default all) verified and
+    classified; coordinates in the box's pixels. A Track 1 ROI is one box; a slide is many."""
+    timer = timer or StageTimer()
+    candidates = detect_candidates(pixels, models, settings, timer)
+    if keep is not None:
+        candidates = [c for c in candidates if keep(c)]
+    candidates = verify_candidates(pixels, candidates, models, settings, timer)
+    return classify_candidates(pixels, candidates, models, settings, timer)
+
+
 def analyse_roi(roi: RoiImage, models: Models, settings: Settings, timer: StageTimer | None = None) -> list[Candidate]:
     """Track 1 on one ROI: candidates with scores and P(atypical), in the ROI's own pixels.
 
-    An ROI whose spacing differs from the models' by more than the tolerance is resampled to the
-    models' spacing first (said on stderr) and the points are mapped back.
+    The ROI is a one-level source on the working grid (``source.SlideView``, as a slide is): one
+    whose spacing differs from the models' by more than the tolerance is resampled first (said on
+    stderr) and the points are mapped back.
     """
-    timer = timer or StageTimer()
-    pixels, scale = at_model_spacing(roi, models.manifest.spacing_mm, models.manifest.plan.spacing_tolerance,
-                                    settings.max_image_pixels)
-    candidates = detect_candidates(pixels, models, settings, timer)
-    candidates = verify_candidates(pixels, candidates, models, settings, timer)
-    candidates = classify_candidates(pixels, candidates, models, settings, timer)
-    if scale != (1.0, 1.0):
-        candidates = [_rescaled(c, scale) for c in candidates]
-    return candidates
+    view = roi_view(roi, models.manifest.spacing_mm, models.manifest.plan.spacing_tolerance, settings.max_image_pixels)
+    candidates = analyse_region(view.read(0, 0, view.width, view.height), models, settings, timer)
+    if not view.resampled or not candidates:
+        return candidates
+    xs, ys = view.to_level0(np.array([c.x for c in candidates]), np.array([c.y for c in candidates]))
+    return [replace(c, x=float(x), y=float(y)) for c, x, y in zip(candidates, xs, ys)]
 
 
 def classify_stack(crops: np.ndarray, models: Models, settings: Settings) -> np.ndarray:
@@ -141,28 +193,14 @@ def classify_stack(crops: np.ndarray, models: Models, settings: Settings) -> np.
     return logit(p)
 
 
-def at_model_spacing(roi: RoiImage, model_spacing_mm: float, tolerance: float,
-                     max_pixels: int) -> tuple[np.ndarray, tuple[float, float]]:
-    """The ROI's pixels at the models' spacing, and the (x, y) factors from model pixels back to
-    ROI pixels (1.0 when no resampling was needed)."""
-    fx, fy = (model_spacing_mm / s for s in roi.spacing_mm)  # ROI px per model px
-    if abs(fx - 1) <= tolerance and abs(fy - 1) <= tolerance:
-        return roi.pixels, (1.0, 1.0)
-    h, w = roi.shape
-    shape = (max(1, round(h / fy)), max(1, round(w / fx)))
-    # an ROI tagged at a coarse spacing would be blown up to a size no pipeline run can hold
-    check_pixel_budget(
-        shape[1], shape[0], max_pixels,
-        f"{shown(roi.path.name)} at {roi.spacing_mm[0] * 1000:.3g} um/px, resampled to the models' "
-        f"{model_spacing_mm * 1000:.3g} um/px",
-    )
-    warn(
-        f"{shown(roi.path.name)}: spacing {roi.spacing_mm[0] * 1000:.3f} um/px differs from the models' "
-        f"{model_spacing_mm * 1000:.3f} um/px; resampling {w}x{h} -> {shape[1]}x{shape[0]} px"
-    )
-    return resize_bilinear(roi.pixels, shape), (w / shape[1], h / shape[0])
-
-
-def _rescaled(c: Candidate, scale: tuple[float, float]) -> Candidate:
-    # pixel centres: model px i covers ROI px [i*s, (i+1)*s) whose centre is (i + 0.5) * s - 0.5
-    return replace(c, x=(c.x + 0.5) * scale[0] - 0.5, y=(c.y + 0.5) * scale[1] - 0.5)
+def roi_view(roi: RoiImage, model_spacing_mm: float, tolerance: float, max_pixels: int) -> SlideView:
+    """The ROI on the working grid, refused when resampling would blow it up past the pixel budget."""
+    view = SlideView(ArraySource(roi.pixels, roi.spacing_mm, roi.path, roi.spacing_assumed), model_spacing_mm,
+                     tolerance)
+    if view.resampled:  # an ROI tagged at a coarse spacing would be blown up to a size no run can hold
+        check_pixel_budget(
+            view.width, view.height, max_pixels,
+            f"{shown(roi.path.name)} at {roi.spacing_mm[0] * 1000:.3g} um/px, resampled to the models' "
+            f"{model_spacing_mm * 1000:.3g} um/px",
+        )
+    return view

@@ -16,6 +16,7 @@ import numpy as np
 
 from .errors import InputError
 from .log import warn
+from .resample import resample
 from .settings import ROI_SUFFIXES, SLIDE_SUFFIXES, Settings
 from .validation import IfdChain, MhaHeader, check_pixel_budget, mha_header, shown, tiff_ifd_chain
 
@@ -391,29 +392,12 @@ def _tiff_stack_pages(path: Path, chain: IfdChain, settings: Settings) -> Iterat
 
 
 def resize_crop(crop: np.ndarray, size: int, name: str) -> np.ndarray:
-    """Crops of another size are resized (bilinear) to ``size`` x ``size``, with a warning."""
+    """Crops of another size are resized (``resample``) to ``size`` x ``size``, with a warning."""
     h, w = crop.shape[:2]
     if (h, w) == (size, size):
         return crop
     warn(f"{name}: crop of {w}x{h} px resized to {size}x{size}")
-    return resize_bilinear(crop, (size, size))
-
-
-def resize_bilinear(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize H x W x C uint8 to ``shape`` (rows, cols) with bilinear interpolation (pixel centres
-    aligned, as OpenCV's INTER_LINEAR without antialiasing)."""
-    from scipy import ndimage
-
-    h, w = image.shape[:2]
-    rows = (np.arange(shape[0]) + 0.5) * (h / shape[0]) - 0.5
-    cols = (np.arange(shape[1]) + 0.5) * (w / shape[1]) - 0.5
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    out = np.empty((shape[0], shape[1], image.shape[2]), np.uint8)
-    for c in range(image.shape[2]):
-        out[..., c] = np.clip(
-            ndimage.map_coordinates(image[..., c].astype(np.float32), [rr, cc], order=1, mode="nearest"), 0, 255
-        ).round()
-    return out
+    return resample(crop, (size, size))
 
 
 def first_line(exc: BaseException) -> str:

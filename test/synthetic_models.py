@@ -84,10 +84,15 @@ def verifier_model() -> onnx.ModelProto:
 
 
 def write_weights(folder: Path, detection: float = 0.5, atypical: float = 0.5, floor: float = 0.1,
-                  verification: float | None = None, **plan) -> Path:
+                  verification: float | None = None, input_format: str = "float32-nchw", output_stride: int = 1,
+                  **plan) -> Path:
     """Write the models and a valid manifest into ``folder``; returns ``folder``. The thresholds
     are given as probabilities (the manifest stores their logits); ``verification`` adds the
-    synthetic stage-2 verifier with that threshold; ``plan`` overrides fields of the inference plan."""
+    synthetic stage-2 verifier with that threshold; ``input_format`` and ``output_stride`` give
+    the graphs the I/O contract of ``training/onnx_contract.py`` (as the shipped weights have);
+    ``plan`` overrides fields of the inference plan."""
+    from training.onnx_contract import UINT8_NHWC, with_output_stride, with_uint8_nhwc_input
+
     folder.mkdir(parents=True, exist_ok=True)
     entries = {}
     models = [("detector", detector_model(), "mitosis_logit", 512), ("classifier", classifier_model(), "p_atypical", 128)]
@@ -95,12 +100,17 @@ def write_weights(folder: Path, detection: float = 0.5, atypical: float = 0.5, f
         models.append(("verifier", verifier_model(), "logit", VERIFIER_SIZE))
     for role, model, out, size in models:
         path = folder / f"{role}.onnx"
+        if input_format == UINT8_NHWC:
+            model = with_uint8_nhwc_input(model)
+        if role == "detector":
+            model = with_output_stride(model, out, output_stride)
         onnx.save(model, path)
         entries[role] = {
             "file": path.name, "sha256": sha256_file(path), "output_name": out, "input_size": size,
-            "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]},
+            "normalisation": {"mean": [0, 0, 0], "std": [1, 1, 1]}, "input_format": input_format,
         }
     entries["detector"]["classes"] = ["background", "normal nucleus", "mitosis", "hard negative"]
+    entries["detector"]["output_stride"] = output_stride
     manifest = {
         "format_version": 2, "spacing_mm": 0.00025, **entries, "plan": plan,
         "thresholds": {"detection_logit": float(logit(detection)), "candidate_floor_logit": float(logit(floor)),

@@ -56,7 +56,8 @@ def test_report_has_every_figure_for_each_precision(report, bench):
         assert s["stages"]["read"] > 0 and s["stages"]["inference"] > 0 and s["stages"]["write"] > 0
         # the stages and "other" add up to the end-to-end time, and the rates follow from it
         assert math.isclose(sum(s["stages"].values()) + s["other"], s["end_to_end"], rel_tol=1e-9)
-        assert 0 <= s["other"] < 0.5 * s["end_to_end"]
+        # the detector's worker thread overlaps the stitching: "other" may then be (slightly) negative
+        assert s["other"] < 0.5 * s["end_to_end"] and (s["other"] >= 0 or s["stages_overlap"])
         assert s["runs"] == [s["end_to_end"]] and s["read_alone"] > 0
         assert math.isclose(r["mpx_per_s"]["end_to_end"], 0.36 / s["end_to_end"])
         assert math.isclose(r["mpx_per_s"]["inference"], 0.36 / s["stages"]["inference"])
@@ -106,3 +107,21 @@ def test_bad_size_is_one_clear_error():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "600by600"], check=False, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "size must be WIDTHxHEIGHT" in proc.stderr
+
+
+def test_stand_in_mode_times_everything_but_the_model(tmp_path):
+    """--stand-in: trivial graphs with the shipped weights' I/O contract, and the non-model work
+    reported against read alone with its verdict (speed itself is not asserted)."""
+    out = tmp_path / "standin.json"
+    cmd = [sys.executable, str(SCRIPT), "--sizes", "1100x900", "--repeat", "1", "--device", "cpu",
+           "--stand-in", "--classifier-crops", "16", "--json", str(out)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "non-model work" in proc.stdout
+    (r,) = json.loads(out.read_text())["results"]
+    nm = r["non_model"]
+    assert r["stand_in"] and r["candidates"] > 0
+    assert nm["work_seconds"] == max(nm["work_wall_seconds"], nm["work_stages_seconds"]) > 0
+    assert math.isclose(nm["ratio_to_read_alone"], nm["work_seconds"] / nm["read_alone_seconds"])
+    assert nm["passed"] == (nm["ratio_to_read_alone"] <= nm["target_ratio"] == 1.5)
+    assert math.isclose(nm["non_model_with_read_seconds"], nm["wall_seconds"] - nm["model_seconds"])

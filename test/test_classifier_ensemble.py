@@ -57,10 +57,12 @@ def test_ensemble_exports_with_parity(tmp_path):
     assert export.main(["--checkpoints", str(ckpt_dir), "--weights", str(weights)]) == 0
     import onnxruntime as ort
 
-    x = np.random.default_rng(0).random((3, 3, 128, 128), dtype=np.float32)
-    (p,) = ort.InferenceSession(str(weights / "classifier.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    from mitosis_analysis.inference import to_model_input
+
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 128, 128, 3), dtype=np.uint8)  # the graph takes uint8 NHWC
+    (p,) = ort.InferenceSession(str(weights / "classifier.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": pixels})
     with torch.no_grad():
-        expected = net.eval()(torch.from_numpy(x)).numpy()
+        expected = net.eval()(torch.from_numpy(to_model_input(pixels))).numpy()
     np.testing.assert_allclose(p, expected, atol=1e-5)
 
 

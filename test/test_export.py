@@ -9,9 +9,11 @@ import pytest
 import torch
 
 import model
+from mitosis_analysis.inference import to_model_input
 from mitosis_analysis.manifest import Manifest, sha256_file
 from model.unet import LightUNet, macs_per_pixel
 from training import export
+from training.onnx_contract import DETECTOR_OUTPUT_STRIDE, UINT8_NHWC, block_max
 
 
 def test_detector_shapes_and_cost():
@@ -87,15 +89,19 @@ def test_export_random_init_writes_a_valid_manifest(tmp_path):
         assert sha256_file(weights / entry.file) == entry.sha256
         assert (weights / entry.file).stat().st_size < export.MAX_ONNX_BYTES
     assert manifest.provenance.metrics["detector"]["onnx_vs_pytorch_max_abs_diff"] <= 1e-4
+    # the run-time I/O contract: uint8 NHWC input, the detector's map pooled over 4 x 4 blocks
+    assert manifest.detector.input_format == manifest.classifier.input_format == UINT8_NHWC
+    assert (manifest.detector.output_stride, manifest.classifier.output_stride) == (DETECTOR_OUTPUT_STRIDE, 1)
 
     import onnxruntime as ort
 
+    rng = np.random.default_rng(0)
     session = ort.InferenceSession(str(weights / "detector.onnx"), providers=["CPUExecutionProvider"])
-    (z,) = session.run(None, {"image": np.random.rand(3, 3, 96, 160).astype(np.float32)})
-    assert z.shape == (3, 96, 160)  # dynamic batch and spatial axes
+    (z,) = session.run(None, {"image": rng.integers(0, 256, (3, 96, 160, 3), dtype=np.uint8)})
+    assert z.shape == (3, 96 // 4, 160 // 4)  # dynamic batch and spatial axes
     assert np.isfinite(z).all()
     session = ort.InferenceSession(str(weights / "classifier.onnx"), providers=["CPUExecutionProvider"])
-    (q,) = session.run(None, {"image": np.random.rand(7, 3, 128, 128).astype(np.float32)})
+    (q,) = session.run(None, {"image": rng.integers(0, 256, (7, 128, 128, 3), dtype=np.uint8)})
     assert q.shape == (7,)
 
 
@@ -113,13 +119,14 @@ def test_export_records_the_checkpoint(tmp_path, small_detector_checkpoint):
     # the exported graph is the checkpoint's network (not a fresh one)
     net = LightUNet(channels=(8, 16)).eval()
     net.load_state_dict(torch.load(small_detector_checkpoint / "detector.pt")["state_dict"])
-    x = np.random.rand(1, 3, 64, 64).astype(np.float32)
+    pixels = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     import onnxruntime as ort
 
-    (p,) = ort.InferenceSession(str(weights / "detector.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    session = ort.InferenceSession(str(weights / "detector.onnx"), providers=["CPUExecutionProvider"])
+    (p,) = session.run(None, {"image": pixels})
     with torch.no_grad():
-        expected = model.mitosis_logit(net(torch.from_numpy(x))).numpy()
-    np.testing.assert_allclose(p, expected, atol=1e-5)
+        expected = model.mitosis_logit(net(torch.from_numpy(to_model_input(pixels)))).numpy()
+    np.testing.assert_allclose(p, block_max(expected, DETECTOR_OUTPUT_STRIDE), atol=1e-5)
 
 
 def test_export_fails_above_the_tolerance_and_leaves_no_manifest(tmp_path):

@@ -97,3 +97,61 @@ def test_the_verifier_decides_which_candidates_are_mitotic_figures(tmp_path):
     assert [(round(d.x), d.is_mitosis) for d in detections] == [(150, True), (350, False)]
     assert detections[1].probability == pytest.approx(1 / (1 + np.exp(-40 * (0.2 - 70 / 255))), rel=1e-3)
     assert cands[0].atypical_logit is not None and cands[1].atypical_logit is None  # only figures classified
+
+
+def test_fixed_batches_and_io_binding_give_the_plain_session_output(synthetic_weights):
+    """What the GPU path does (IO binding, buffers reused per shape, batches padded to one fixed
+    size) gives, on the CPU provider, exactly what a plain ``session.run`` gives; and a result
+    handed out is not overwritten by the next run."""
+    from mitosis_analysis.inference import OnnxModel, to_model_input
+    from mitosis_analysis.manifest import Manifest
+
+    manifest = Manifest.load(synthetic_weights)
+    path = synthetic_weights / manifest.detector.file
+    tiles = np.random.default_rng(3).integers(0, 256, (5, manifest.plan.tile_size, manifest.plan.tile_size, 3),
+                                              dtype=np.uint8)
+    plain = OnnxModel(path, manifest.detector, ["CPUExecutionProvider"], io_binding=True)
+    fixed = OnnxModel(path, manifest.detector, ["CPUExecutionProvider"], fixed_batch=2, io_binding=True)
+    x = tiles if manifest.detector.input_format == "uint8-nhwc" else to_model_input(tiles)
+    expected = plain.session.run([manifest.detector.output_name], {manifest.detector.input_name: x})[0]
+    first = plain(tiles[:2])
+    kept = first.copy()
+    plain(tiles[2:4])  # same shape: same buffers
+    assert np.array_equal(first, kept)
+    assert np.array_equal(fixed(tiles), expected)  # 2 + 2 + 1 padded to 2
+    assert np.array_equal(plain(tiles), expected)
+
+
+@pytest.fixture(scope="module")
+def stride4(tmp_path_factory):
+    """The synthetic models with the shipped weights' I/O contract: uint8 NHWC, stride 4."""
+    from mitosis_analysis.inference import load_models
+    from mitosis_analysis.settings import Settings
+    from synthetic_models import write_weights
+
+    folder = write_weights(tmp_path_factory.mktemp("stride4"), classifier_views=1, input_format="uint8-nhwc",
+                           output_stride=4)
+    settings = Settings(weights_dir=folder, device="cpu", batch_size=4)
+    return load_models(settings), settings
+
+
+def test_stride_4_detector_finds_the_figures_within_a_pixel(stride4, models, settings):
+    """Max-pooled 4x4 maps: the same figures as at stride 1, with the same peak logit; the map is
+    16x smaller. A blob's pooled footprint is rounded out to whole blocks, so its centroid moves
+    by at most 1.5 px per axis (2.2 px, 0.53 um: 7 % of the 7.5 um match radius)."""
+    models4, settings4 = stride4
+    image = roi_with_figures(1000, 1024, FIGURES + [(3.0, 997.0)])
+    full = sorted(detect_candidates(image, models, settings), key=lambda c: (c.x, c.y))
+    pooled = sorted(detect_candidates(image, models4, settings4), key=lambda c: (c.x, c.y))
+    assert len(pooled) == len(full) == len(FIGURES) + 1
+    for a, b in zip(full, pooled):
+        assert max(abs(a.x - b.x), abs(a.y - b.y)) <= 1.5 + 1e-6, (a, b)
+        assert b.score == pytest.approx(a.score, abs=1e-4)
+    assert mitosis_logit_map(image, models4, settings4).shape == (250, 256)
+
+
+def test_stride_4_roi_at_another_spacing_maps_back(stride4, tmp_path):
+    models4, settings4 = stride4
+    image = roi_with_figures(600, 600, [(200.0, 150.0)], radius=4.0)
+    (c,) = analyse_roi(RoiImage(image, (0.0005, 0.0005), False, tmp_path / "half.tif"), models4, settings4)
+    assert (c.x, c.y) == pytest.approx((200, 150), abs=0.6)

@@ -12,7 +12,8 @@ from mitosis_analysis.errors import InputError
 from mitosis_analysis.settings import Settings
 from mitosis_analysis.slide.hotspot import count_in_square, densest_square
 from mitosis_analysis.slide.progress import Progress, format_duration
-from mitosis_analysis.slide.reader import Level, SlideView, choose_level, open_slide, thumbnail
+from mitosis_analysis.slide.reader import open_slide, thumbnail
+from mitosis_analysis.source import ArraySource, Level, SlideView, choose_level
 from mitosis_analysis.slide.synthetic import GLASS_RGB, TISSUE_RGB, SyntheticSlide, write_slide_tiff
 from mitosis_analysis.slide.tissue import fill_small_holes, otsu_threshold, remove_small_objects, tissue_mask
 
@@ -133,6 +134,43 @@ def test_view_resamples_a_finer_slide(tmp_path, plain_settings):
         assert region[20, 20].mean() < 60  # the figure, now at (400, 200)
         x0, y0 = view.to_level0(np.array([400.0]), np.array([200.0]))
         assert (x0[0], y0[0]) == pytest.approx((800.5, 400.5))  # centre of working px 400 = level-0 800.5
+
+
+def test_resample_of_a_box_is_that_part_of_the_whole_image():
+    """Regions resampled one by one tile the resampled image without seams."""
+    from mitosis_analysis.resample import resample
+
+    image = np.random.default_rng(0).integers(0, 256, (230, 170, 3), dtype=np.uint8)
+    whole = resample(image, (100, 74), (0.0, 0.0, 170.2, 230.0))
+    part = resample(image, (40, 30), (23.0, 46.0, 92.0, 138.0))  # output rows 20-60, cols 10-40
+    # Pillow's fixed-point weights: the same filter taps, a rounding apart at most
+    assert np.abs(part.astype(int) - whole[20:60, 10:40]).max() <= 1
+    assert np.array_equal(resample(image, (230, 170)), image)  # same grid: untouched
+
+
+def test_resample_shrinks_without_aliasing():
+    """A one-pixel checkerboard shrunk 3x is grey: the filter widens with the factor (bilinear
+    sampling without it would return a pattern of near-black and near-white pixels)."""
+    from mitosis_analysis.resample import resample
+
+    board = ((np.indices((300, 300)).sum(axis=0) % 2) * 255).astype(np.uint8)[..., None].repeat(3, axis=-1)
+    small = resample(board, (100, 100)).astype(int)
+    assert np.abs(small[5:-5, 5:-5] - 127.5).max() < 30
+
+
+def test_array_source_regions_match_the_whole_resampled_roi():
+    """A 0.125 um/px ROI behind the one source interface: read at 0.25 um/px in boxes, the boxes
+    are the whole view's pixels, and points map back to the ROI's pixel centres."""
+    image = np.random.default_rng(1).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    view = SlideView(ArraySource(image, (0.000125, 0.000125)), 0.00025, 0.1)
+    assert (view.width, view.height, view.resampled) == (400, 300, True)
+    whole = view.read(0, 0, 400, 300)
+    assert np.abs(view.read(128, 64, 200, 100).astype(int) - whole[64:164, 128:328]).max() <= 1
+    x0, y0 = view.to_level0(np.array([10.0]), np.array([0.0]))
+    assert (x0[0], y0[0]) == pytest.approx((20.5, 0.5))
+    same = SlideView(ArraySource(image, (0.00024, 0.00026)), 0.00025, 0.1)  # within 10 %: as it is
+    assert not same.resampled
+    assert np.array_equal(same.read(5, 6, 7, 8), image[6:14, 5:12])
 
 
 def test_thumbnail_is_small_and_averaged(slides, plain_settings):

@@ -303,3 +303,22 @@ def test_finer_slide_is_resampled_and_points_come_back_in_its_pixels(module_mode
     assert np.allclose(found, [(1200, 800), (2050, 400)], atol=0.6), found
     assert [p["x_mm"] for p in sorted(_points(tmp_path / "out"), key=lambda p: p["x_px"])] == pytest.approx(
         [1200 * 0.000125, 2050 * 0.000125], abs=1e-4)
+
+
+def test_roi_mode_and_slide_mode_are_one_engine(tifffile_run, module_models):
+    """The same pixels as a Track 1 ROI (one box of the working grid) and as a slide (regions of
+    1024 px with halos): the same figures at the same positions, the same scores."""
+    from mitosis_analysis.decision import decide_detections
+    from mitosis_analysis.pipeline import analyse_roi
+    from mitosis_analysis.readers import RoiImage
+
+    settings, models = module_models
+    roi = RoiImage(SLIDE.render(0, 0, SLIDE.width, SLIDE.height), (0.00025, 0.00025), False, Path("roi.tif"))
+    as_roi = [d for d in decide_detections(analyse_roi(roi, models, settings), models.manifest.thresholds)
+              if d.is_mitosis]
+    as_slide = _points(tifffile_run[1])
+    assert len(as_roi) == len(as_slide) == len(FIGURES) + 1
+    for p in as_slide:
+        d = min(as_roi, key=lambda d: np.hypot(d.x - p["x_px"], d.y - p["y_px"]))
+        assert np.hypot(d.x - p["x_px"], d.y - p["y_px"]) < 0.05
+        assert d.probability == pytest.approx(p["probability"], abs=1e-4)

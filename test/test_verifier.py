@@ -44,13 +44,15 @@ def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path):
     path = tmp_path / "verifier.onnx"
     diff = export_verifier.export_verifier(net, path)
     assert diff <= 1e-4
+    from mitosis_analysis.inference import to_model_input
+
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["logit"]
     for n in (1, 3, 64):
-        x = np.random.default_rng(n).random((n, 3, 64, 64), dtype=np.float32)
-        (got,) = session.run(None, {"image": x})
+        pixels = np.random.default_rng(n).integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)  # uint8 NHWC in
+        (got,) = session.run(None, {"image": pixels})
         with torch.no_grad():
-            expected = net(torch.from_numpy(x)).numpy()
+            expected = net(torch.from_numpy(to_model_input(pixels))).numpy()
         assert got.shape == (n,)
         np.testing.assert_allclose(got, expected, atol=1e-4)
     assert export_verifier.ms_per_crop(path, threads=1, batch=4, repeats=2) > 0
@@ -180,6 +182,7 @@ def test_a_trained_verifier_installs_into_weights_and_the_product_uses_it(tmp_pa
     manifest = Manifest.load(weights)
     assert manifest == installed
     assert manifest.verifier.output_name == "logit" and manifest.verifier.input_size == INPUT_SIZE
+    assert manifest.verifier.input_format == "uint8-nhwc"  # beside float32 NCHW synthetic models
     assert manifest.thresholds.verification_logit == 1.5
     assert manifest.thresholds.candidate_floor_logit == pytest.approx(float(logit(0.2)))
     assert manifest.provenance.notes.endswith("test")

@@ -92,11 +92,12 @@ class TorchDetector:
     evaluated through exactly the product's tiling, stitching and post-processing."""
 
     def __init__(self, net, spacing_mm: float = SPACING_MM, plan: InferencePlan | None = None,
-                 floor_logit: float = CANDIDATE_FLOOR_LOGIT):
+                 floor_logit: float = CANDIDATE_FLOOR_LOGIT, output_stride: int = 1):
         import torch
 
         self._torch = torch
         self.net = net.eval()
+        self.output_stride = output_stride  # as the exported graph will pool (training/onnx_contract.py)
         # thresholds: only the floor matters for candidates; the detection threshold is what is chosen
         self.manifest = SimpleNamespace(
             spacing_mm=spacing_mm, plan=plan or InferencePlan(),
@@ -106,9 +107,11 @@ class TorchDetector:
     def mitosis_logit(self, tiles: np.ndarray) -> np.ndarray:
         from model import mitosis_logit
 
+        from training.onnx_contract import block_max
+
         x = self._torch.from_numpy(to_model_input(tiles))
         with self._torch.no_grad():
-            return mitosis_logit(self.net(x)).numpy()
+            return block_max(mitosis_logit(self.net(x)).numpy(), self.output_stride)
 
 
 # --- matching and sweep -------------------------------------------------------------------------

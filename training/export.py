@@ -11,9 +11,12 @@ keys ``arch``, ``config``, ``state_dict``, ``threshold``, ``metrics`` and option
 ``data``, ``created``), otherwise a random-initialised model (seed 0) so that the product can be
 built and tested before training; the manifest says which (``provenance.trained``).
 
-Each exported graph is checked against PyTorch with ONNX Runtime (CPU) on random input of two batch
-sizes (and, for the detector, two spatial sizes); the export fails when the max absolute difference
-exceeds ``--tolerance``. Files are written atomically (temp file + ``os.replace``).
+Each graph is given the run-time I/O contract (``training/onnx_contract.py``): input uint8
+N x H x W x 3, and the detector's mitosis logit max-pooled over ``DETECTOR_OUTPUT_STRIDE`` blocks.
+It is then checked against PyTorch with ONNX Runtime (CPU) on random pixels of two batch sizes
+(and, for the detector, two spatial sizes; against the block maxima of PyTorch's logit map); the
+export fails when the max absolute difference exceeds ``--tolerance``. Files are written
+atomically (temp file + ``os.replace``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from mitosis_analysis.settings import (
     SEGMENTATION_CLASSES,
     Settings,
 )
+from training.onnx_contract import DETECTOR_OUTPUT_STRIDE, UINT8_NHWC, contract_parity, with_contract
 
 MAX_ONNX_BYTES = 30 * 1024 * 1024
 # Operating thresholds as logits when a checkpoint carries none (0 = probability 0.5).
@@ -54,11 +58,16 @@ DEFAULT_CANDIDATE_FLOOR_LOGIT = -2.1972245773362196
 FILES = {"detector": DETECTOR_FILE, "classifier": CLASSIFIER_FILE}
 # Input shapes of the parity check: (batch, height, width). The detector is checked at two sizes
 # to prove the spatial axes are dynamic; 32-multiples as the product uses.
-PARITY_SHAPES = {
+PARITY_SHAPES: dict[str, list[tuple[int, int, int]]] = {
     "detector": [(1, 512, 512), (3, 256, 384)],
     "classifier": [(1, 128, 128), (5, 128, 128)],
     "verifier": [(1, 64, 64), (7, 64, 64)],
 }
+
+
+def output_stride(kind: str) -> int:
+    """What the exported graph pools its output over (the detector's map; 1 for the others)."""
+    return DETECTOR_OUTPUT_STRIDE if kind == "detector" else 1
 
 
 class ExportError(RuntimeError):
@@ -92,6 +101,8 @@ def load_model(kind: str, checkpoint_path: Path) -> tuple[nn.Module, dict, bool]
 
 
 def export_onnx(kind: str, net: nn.Module, path: Path, opset: int) -> None:
+    """``net`` (float32 N x 3 x H x W input) to ``path`` as an ONNX graph with the run-time I/O
+    contract (``onnx_contract.with_contract``)."""
     wrapped = models.for_export(kind, net)
     _, height, width = PARITY_SHAPES[kind][0]
     dummy = torch.rand(1, 3, height, width)
@@ -109,6 +120,7 @@ def export_onnx(kind: str, net: nn.Module, path: Path, opset: int) -> None:
         )
     import onnx
 
+    onnx.save(with_contract(onnx.load(str(tmp)), output_name, output_stride(kind)), str(tmp))
     onnx.checker.check_model(str(tmp))
     size = tmp.stat().st_size
     if size > MAX_ONNX_BYTES:
@@ -118,24 +130,24 @@ def export_onnx(kind: str, net: nn.Module, path: Path, opset: int) -> None:
 
 
 def parity(kind: str, net: nn.Module, path: Path, seed: int = 0) -> float:
-    """Max |ORT - PyTorch| over the PARITY_SHAPES inputs (uniform random in [0, 1])."""
+    """Max |ORT - PyTorch| over random uint8 pixels of the PARITY_SHAPES: the graph is fed the
+    bytes, PyTorch the same pixels / 255 (NCHW); the detector is compared with the block maxima of
+    PyTorch's logit map (``onnx_contract.contract_parity``)."""
     import onnxruntime as ort
 
     wrapped = models.for_export(kind, net)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # small inputs: threads only add contention
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(seed)
-    worst = 0.0
-    for n, h, w in PARITY_SHAPES[kind]:
-        x = rng.random((n, 3, h, w), dtype=np.float32)
+
+    def reference(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            expected = wrapped(torch.from_numpy(x)).numpy()
-        (got,) = session.run(None, {"image": x})
-        if got.shape != expected.shape:
-            raise ExportError(f"{kind}: ORT output shape {got.shape} != PyTorch {expected.shape}")
-        worst = max(worst, float(np.abs(got - expected).max()))
-    return worst
+            return wrapped(torch.from_numpy(x)).numpy()
+
+    try:
+        return contract_parity(session, reference, PARITY_SHAPES[kind], output_stride(kind), seed)
+    except ValueError as exc:
+        raise ExportError(f"{kind}: ONNX Runtime vs PyTorch: {exc}") from None
 
 
 def checkpoint_threshold_logit(ckpt: dict, kind: str) -> float:
@@ -205,7 +217,9 @@ def model_entry(e: Exported, opset: int) -> dict:
     entry = {
         "file": e.path.name,
         "sha256": sha256_file(e.path),
+        "input_format": UINT8_NHWC,
         "output_name": models.OUTPUT_NAMES[e.kind],
+        "output_stride": output_stride(e.kind),
         "input_size": 512 if e.kind == "detector" else InferencePlan().crop_size,
         "normalisation": normalisation(e.net),
         "parameters": e.parameters,

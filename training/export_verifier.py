@@ -4,9 +4,10 @@ time it on the CPU with ONNX Runtime, and write a JSON description beside it.
     python -m training.export_verifier --checkpoint training/runs/verifier/final/verifier.pt \\
         --out training/checkpoints/verifier.onnx [--copy-to /work/verifier-export] [--facts facts.json]
 
-The graph: input ``image`` float32 N x 3 x 64 x 64 RGB in [0, 1] (dynamic batch), normalisation in
-the graph, output ``logit`` (N,). The export fails when ONNX Runtime and PyTorch differ by more
-than ``--tolerance`` on random input. ``--facts`` (JSON) is merged into the description (the
+The graph: input ``image`` uint8 N x 64 x 64 x 3 RGB (dynamic batch; the run-time I/O contract of
+``training/onnx_contract.py``: scaling and normalisation in the graph), output ``logit`` (N,). The
+export fails when ONNX Runtime and PyTorch (on the same pixels / 255) differ by more than
+``--tolerance`` on random pixels. ``--facts`` (JSON) is merged into the description (the
 measured figures and the threshold rule from the leave-one-slide-out runs).
 """
 
@@ -28,9 +29,11 @@ if str(REPO_ROOT) not in sys.path:
 
 import model as models  # noqa: E402
 from mitosis_analysis.decision import logit  # noqa: E402
+from mitosis_analysis.inference import to_model_input  # noqa: E402
 from mitosis_analysis.manifest import Manifest, ModelEntry, sha256_file  # noqa: E402
 from mitosis_analysis.settings import MANIFEST_FILE  # noqa: E402
 from training import export  # noqa: E402
+from training.onnx_contract import FLOAT32_NCHW, UINT8_NHWC  # noqa: E402
 from training.runtime import write_json  # noqa: E402
 
 KIND = "verifier"
@@ -67,6 +70,7 @@ def install_verifier(weights_dir: Path, onnx_path: Path, description: dict, thre
     if Path(onnx_path).resolve() != target.resolve():
         shutil.copyfile(onnx_path, target)
     entry = ModelEntry(file=VERIFIER_FILE, sha256=sha256_file(target), input_name=description["input_name"],
+                       input_format=description.get("input_format", FLOAT32_NCHW),
                        output_name=description["output_name"], input_size=description["input_size"],
                        normalisation=description["normalisation"], parameters=description.get("parameters"),
                        opset=description.get("opset"))
@@ -83,7 +87,8 @@ def install_verifier(weights_dir: Path, onnx_path: Path, description: dict, thre
 
 
 def ms_per_crop(path: Path, threads: int, batch: int = 64, size: int = 64, repeats: int = 20) -> float:
-    """Median wall time per crop (ms) of ONNX Runtime (CPU, ``threads`` intra-op threads) at ``batch``."""
+    """Median wall time per crop (ms) of ONNX Runtime (CPU, ``threads`` intra-op threads) at ``batch``
+    (random pixels in the graph's input format: uint8 NHWC, or float32 NCHW of older exports)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -91,7 +96,8 @@ def ms_per_crop(path: Path, threads: int, batch: int = 64, size: int = 64, repea
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+    pixels = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    x = pixels if session.get_inputs()[0].type == "tensor(uint8)" else to_model_input(pixels)
     for _ in range(3):
         session.run(None, {"image": x})
     times = []
@@ -115,7 +121,8 @@ def export_checkpoint(checkpoint: Path, out: Path, opset: int = 17, tolerance: f
         "parameters": sum(p.numel() for p in net.parameters()),
         "opset": opset,
         "input_name": "image",
-        "input": "float32 N x 3 x S x S, RGB in [0, 1], S = input_size; dynamic batch axis",
+        "input_format": UINT8_NHWC,
+        "input": "uint8 N x S x S x 3 RGB, S = input_size; dynamic batch axis",
         "input_size": int(ckpt["config"].get("input_size", 64)),
         "spacing_um": 0.25,
         "normalisation": {**export.normalisation(net), "applied": "in-graph"},

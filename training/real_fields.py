@@ -48,7 +48,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from mitosis_analysis.decision import sigmoid  # noqa: E402
 from mitosis_analysis.evaluate.detection import DetectionCounts, count_matches  # noqa: E402
-from mitosis_analysis.readers import resize_bilinear  # noqa: E402
+from mitosis_analysis.resample import resample  # noqa: E402
 from training.runtime import write_json  # noqa: E402
 
 DATA_DIR = REPO_ROOT.parent / "shared" / "data"
@@ -132,7 +132,7 @@ def resample_to(rgb: np.ndarray, spacing_um: tuple[float, float], target_um: flo
     """(pixels at ``target_um``, (sx, sy) factors native px per new px)."""
     h, w = rgb.shape[:2]
     shape = (max(1, round(h * spacing_um[1] / target_um)), max(1, round(w * spacing_um[0] / target_um)))
-    return resize_bilinear(rgb, shape), (w / shape[1], h / shape[0])
+    return resample(rgb, shape), (w / shape[1], h / shape[0])
 
 
 def to_new_pixels(xy: np.ndarray, scale: tuple[float, float]) -> np.ndarray:
@@ -242,17 +242,13 @@ def cpu_models(threads: int = 1):
 def stage1(pixels: np.ndarray, models, settings, floors: tuple[float, ...]) -> dict[float, np.ndarray]:
     """The product's stage 1 on one field: per floor (a probability), (n, 3) x, y, peak probability
     of the candidates after suppression (sorted by descending score)."""
-    from mitosis_analysis.candidates import find_candidates, suppress_duplicates
     from mitosis_analysis.decision import logit
-    from mitosis_analysis.pipeline import mitosis_logit_map
+    from mitosis_analysis.pipeline import candidates_from_map, mitosis_logit_map
 
-    manifest = models.manifest
     logits = mitosis_logit_map(pixels, models, settings)
-    centroid_px = manifest.plan.centroid_radius_mm / manifest.spacing_mm
-    radius_px = manifest.plan.suppression_radius_mm / manifest.spacing_mm
     out = {}
     for floor in floors:
-        kept = suppress_duplicates(find_candidates(logits, float(logit(floor)), centroid_px), radius_px)
+        kept = candidates_from_map(logits, models.output_stride, float(logit(floor)), models)
         out[floor] = np.array([[c.x, c.y, sigmoid(c.score)] for c in kept], dtype=float).reshape(-1, 3)
     return out
 

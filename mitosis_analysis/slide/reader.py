@@ -1,6 +1,6 @@
-"""Whole-slide access one region at a time, at the models' pixel spacing.
+"""Whole-slide files behind the package's one source interface (``source.SlideSource``).
 
-Two backends behind one interface (``SlideSource``):
+Two backends:
 
 * ``OpenSlideSource``: every format openslide reads (svs, ndpi, mrxs, scn, generic tiled TIFF
   whose pyramid levels are in the main IFD chain, ...);
@@ -8,10 +8,9 @@ Two backends behind one interface (``SlideSource``):
   as SubIFDs or as reduced-resolution pages). Only the tiles or strips that a region touches are
   read and decoded, so a region costs memory in proportion to its own size.
 
-``SlideView`` puts a pyramid level under the working grid (pixels at the models' spacing): the
-level whose spacing is within the tolerance of the target is read as it is; when none is, the
-coarsest level finer than the target is read and resampled (bilinear). ``thumbnail`` reads a
-low-resolution picture of the whole slide block by block (for the tissue mask and the overview).
+``source.SlideView`` puts them on the working grid (pixels at the models' spacing), as it does
+a Track 1 ROI. ``thumbnail`` reads a low-resolution picture of the whole slide block by block (for
+the tissue mask and the overview).
 
 Pixel coordinates follow the package's convention: pixel centres at integer positions.
 """
@@ -19,7 +18,6 @@ Pixel coordinates follow the package's convention: pixel centres at integer posi
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,50 +27,16 @@ import numpy as np
 from ..errors import InputError
 from ..log import warn
 from ..readers import checked_spacing, first_line, tiff_spacing_mm
+from ..resample import resample
 from ..settings import Settings
+from ..source import Level, SlideReadError, SlideSource, SlideView, choose_level
+
+__all__ = ["Backend", "Level", "OpenSlideSource", "SlideReadError", "SlideSource", "SlideView", "Thumbnail",
+           "TiffSource", "choose_level", "open_slide", "thumbnail"]
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 Backend = Literal["auto", "openslide", "tifffile"]
 WHITE = 255
-
-
-class SlideReadError(Exception):
-    """A region could not be decoded (damaged tile); the slide itself is still usable."""
-
-
-@dataclass(frozen=True)
-class Level:
-    width: int
-    height: int
-    spacing_mm: tuple[float, float]  # (x, y) size of one pixel of this level, mm
-
-
-class SlideSource(ABC):
-    """A pyramid of RGB levels; level 0 is the finest."""
-
-    backend: str
-    path: Path
-    levels: list[Level]
-    spacing_assumed: bool
-
-    @abstractmethod
-    def read(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """``height`` x ``width`` x 3 uint8 RGB of ``level`` with top-left pixel (x, y); the box
-        must lie inside the level. Raises ``SlideReadError`` when the data are damaged."""
-
-    def close(self) -> None:  # noqa: B027 - optional for backends without resources
-        pass
-
-    def __enter__(self) -> "SlideSource":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def _check_box(self, level: int, x: int, y: int, width: int, height: int) -> None:
-        lv = self.levels[level]
-        if width <= 0 or height <= 0 or x < 0 or y < 0 or x + width > lv.width or y + height > lv.height:
-            raise ValueError(f"box {x},{y} {width}x{height} outside level {level} ({lv.width}x{lv.height})")
 
 
 # --------------------------------------------------------------------------- openslide
@@ -254,89 +218,6 @@ def _openslide_vendor(path: Path) -> bool:
     return vendor not in (None, "generic-tiff")
 
 
-# --------------------------------------------------------------------------- working grid
-
-
-class SlideView:
-    """The slide on the working grid: pixels at ``target_spacing_mm`` (within the tolerance).
-
-    ``level`` is the pyramid level read; ``scale`` = level pixels per working pixel (x, y);
-    1.0 when the level is used as it is.
-    """
-
-    def __init__(self, source: SlideSource, target_spacing_mm: float, tolerance: float):
-        self.source = source
-        self.level, resample = choose_level(source.levels, target_spacing_mm, tolerance)
-        lv = source.levels[self.level]
-        if resample:
-            self.spacing_mm = (target_spacing_mm, target_spacing_mm)
-            self.scale = (target_spacing_mm / lv.spacing_mm[0], target_spacing_mm / lv.spacing_mm[1])
-            self.width = max(1, round(lv.width / self.scale[0]))
-            self.height = max(1, round(lv.height / self.scale[1]))
-            direction = "downsampling" if min(self.scale) >= 1 else "UPSAMPLING (the slide is coarser than the models)"
-            warn(
-                f"{source.path.name}: no level within {tolerance:.0%} of {target_spacing_mm * 1000:g} um/px; "
-                f"{direction} level {self.level} ({lv.spacing_mm[0] * 1000:.4g} um/px)"
-            )
-        else:
-            self.spacing_mm = lv.spacing_mm
-            self.scale = (1.0, 1.0)
-            self.width, self.height = lv.width, lv.height
-
-    @property
-    def resampled(self) -> bool:
-        return self.scale != (1.0, 1.0)
-
-    def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """``height`` x ``width`` x 3 uint8 of the working grid, box inside the grid."""
-        if not self.resampled:
-            return self.source.read(self.level, x, y, width, height)
-        lv = self.source.levels[self.level]
-        sx, sy = self.scale
-        # level coordinates of the working pixel centres: u = (i + 0.5) * s - 0.5
-        cols = (np.arange(x, x + width) + 0.5) * sx - 0.5
-        rows = (np.arange(y, y + height) + 0.5) * sy - 0.5
-        lx0 = max(0, int(math.floor(cols[0])))
-        ly0 = max(0, int(math.floor(rows[0])))
-        lx1 = min(lv.width, int(math.ceil(cols[-1])) + 2)
-        ly1 = min(lv.height, int(math.ceil(rows[-1])) + 2)
-        block = self.source.read(self.level, lx0, ly0, lx1 - lx0, ly1 - ly0)
-        return _bilinear_at(block, rows - ly0, cols - lx0)
-
-    def to_level0(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Working-grid pixel coordinates -> level-0 pixel coordinates (centres at integers)."""
-        s0 = self.source.levels[0].spacing_mm
-        fx, fy = self.spacing_mm[0] / s0[0], self.spacing_mm[1] / s0[1]
-        return (np.asarray(x) + 0.5) * fx - 0.5, (np.asarray(y) + 0.5) * fy - 0.5
-
-
-def choose_level(levels: list[Level], target_mm: float, tolerance: float) -> tuple[int, bool]:
-    """(level, resample?): the level closest to the target (in log scale) when within the
-    tolerance; otherwise the coarsest level finer than the target (to be downsampled), or level 0
-    (to be upsampled) when every level is coarser."""
-    def ratio(lv: Level) -> float:
-        return max(lv.spacing_mm) / target_mm
-
-    closest = min(range(len(levels)), key=lambda i: abs(math.log(ratio(levels[i]))))
-    if all(abs(s / target_mm - 1) <= tolerance for s in levels[closest].spacing_mm):
-        return closest, False
-    finer = [i for i, lv in enumerate(levels) if ratio(lv) < 1]
-    return (max(finer, key=lambda i: ratio(levels[i])) if finer else 0), True
-
-
-def _bilinear_at(block: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Sample ``block`` (H x W x C uint8) at the grid rows x cols (floats) bilinearly."""
-    from scipy import ndimage
-
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    out = np.empty((len(rows), len(cols), block.shape[2]), np.uint8)
-    for c in range(block.shape[2]):
-        out[..., c] = np.clip(
-            ndimage.map_coordinates(block[..., c].astype(np.float32), [rr, cc], order=1, mode="nearest"), 0, 255
-        ).round()
-    return out
-
-
 # --------------------------------------------------------------------------- thumbnail
 
 
@@ -352,7 +233,7 @@ class Thumbnail:
 def thumbnail(source: SlideSource, max_side: int, min_spacing_mm: float, block: int = 2048) -> Thumbnail:
     """The whole slide as a small picture: its long side at most ``max_side`` px and its pixels no
     finer than ``min_spacing_mm``. Read from the coarsest level that is fine enough, ``block`` x
-    ``block`` level pixels at a time, each block averaged down by an integer factor."""
+    ``block`` level pixels at a time, each block shrunk by an integer factor (``resample``)."""
     s0 = source.levels[0].spacing_mm
     extent = max(source.levels[0].width * s0[0], source.levels[0].height * s0[1])
     wanted = max(min_spacing_mm, extent / max_side)
@@ -369,7 +250,7 @@ def thumbnail(source: SlideSource, max_side: int, min_spacing_mm: float, block: 
         for x in range(0, lv.width, step):
             w, h = min(step, lv.width - x), min(step, lv.height - y)
             pixels = _read_or_split(source, level, x, y, w, h, failures)
-            out[y // k : y // k + math.ceil(h / k), x // k : x // k + math.ceil(w / k)] = _block_mean(pixels, k)
+            out[y // k : y // k + math.ceil(h / k), x // k : x // k + math.ceil(w / k)] = _reduced(pixels, k)
     for fx, fy, fw, fh, _ in failures:
         unreadable[fy // k : math.ceil((fy + fh) / k), fx // k : math.ceil((fx + fw) / k)] = True
     if failures:
@@ -400,13 +281,9 @@ def _read_or_split(source: SlideSource, level: int, x: int, y: int, w: int, h: i
     return out
 
 
-def _block_mean(pixels: np.ndarray, k: int) -> np.ndarray:
-    """Average ``k`` x ``k`` blocks; partial blocks at the right/bottom are edge-padded."""
+def _reduced(pixels: np.ndarray, k: int) -> np.ndarray:
+    """``pixels`` shrunk ``k`` times (antialiased); partial blocks at the right/bottom repeat the edge."""
     if k == 1:
         return pixels
-    h, w = pixels.shape[:2]
-    ph, pw = math.ceil(h / k) * k, math.ceil(w / k) * k
-    if (ph, pw) != (h, w):
-        pixels = np.pad(pixels, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-    blocks = pixels.reshape(ph // k, k, pw // k, k, 3).astype(np.float32)
-    return blocks.mean(axis=(1, 3)).round().astype(np.uint8)
+    h, w = math.ceil(pixels.shape[0] / k), math.ceil(pixels.shape[1] / k)
+    return resample(pixels, (h, w), (0.0, 0.0, float(w * k), float(h * k)))

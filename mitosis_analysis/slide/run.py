@@ -3,8 +3,8 @@
 The working grid (the slide at the models' spacing) is cut into square regions of
 ``region_size`` px; each is read with a ``halo`` of context on every side, glass outside the
 (dilated) tissue mask is blanked so the pipeline's own tissue test skips it, and the pipeline of
-the ROI mode runs on it unchanged (``detect_candidates`` then ``classify_candidates``: tiling,
-Gaussian stitching, candidates, 7.5 um suppression, atypical classifier). A region keeps the
+the ROI mode runs on it unchanged (``pipeline.analyse_region``: tiling, Gaussian stitching,
+candidates, 7.5 um suppression, verifier, atypical classifier). A region keeps the
 candidates that fall in its core widened by the suppression radius, so a figure on a region
 border is found by both neighbours and the same suppression, run once more over the whole
 slide, keeps one. Memory therefore depends on the region size, not on the slide size; the next
@@ -36,7 +36,7 @@ from ..inference import Models, load_models
 from ..manifest import InferencePlan, Manifest
 from ..log import log, warn
 from ..outputs import check_writable
-from ..pipeline import classify_candidates, detect_candidates, verify_candidates
+from ..pipeline import analyse_region
 from ..settings import Settings
 from ..tiling import tile_grid
 from ..timing import StageTimer
@@ -57,7 +57,8 @@ from .export import (
 from .hotspot import densest_square
 from .journal import Journal, RegionRecord, slide_fingerprint
 from .progress import Progress
-from .reader import Backend, SlideReadError, SlideView, open_slide, thumbnail
+from ..source import SlideReadError, SlideView
+from .reader import Backend, open_slide, thumbnail
 from .tissue import TissueMask, tissue_mask
 
 GLASS = 255
@@ -245,7 +246,7 @@ def _infer_regions(view: SlideView, tissue_regions: list[Region], estimates: dic
                 journal.record(RegionRecord(region.index, 0, [], error))
                 continue
             before = counting.tiles
-            candidates = _region_candidates(region, pixels, mask, counting, models, settings, margin, timer)
+            candidates = _region_candidates(region, pixels, mask, counting, settings, margin, timer)
             inferred = counting.tiles - before
             progress.correct_total(inferred - estimates[region.index])
             journal.record(RegionRecord(region.index, inferred, candidates))
@@ -265,22 +266,20 @@ def _infer_regions(view: SlideView, tissue_regions: list[Region], estimates: dic
     return records
 
 
-def _region_candidates(region: Region, pixels: np.ndarray, mask: TissueMask, models, full_models: Models,
+def _region_candidates(region: Region, pixels: np.ndarray, mask: TissueMask, models: Models,
                        settings: Settings, margin: float, timer: StageTimer) -> list[Candidate]:
-    """Candidates of one region, in working-grid pixels, P(atypical) included."""
+    """Candidates of one region (``pipeline.analyse_region``, as a Track 1 ROI), in working-grid
+    pixels, those in the region's core widened by ``margin`` only."""
     bx0, by0, bx1, by1 = region.box
     if not pixels.flags.writeable:
         pixels = pixels.copy()
     pixels[~mask.upsampled(bx0, by0, bx1 - bx0, by1 - by0)] = GLASS
-    candidates = detect_candidates(pixels, models, settings, timer)
     cx0, cy0, cx1, cy1 = region.core
-    kept = [
-        c for c in candidates
-        if cx0 - margin <= c.x + bx0 < cx1 + margin and cy0 - margin <= c.y + by0 < cy1 + margin
-    ]
-    kept = verify_candidates(pixels, kept, full_models, settings, timer)
-    kept = classify_candidates(pixels, kept, full_models, settings, timer)
-    return [c.moved(bx0, by0) for c in kept]
+
+    def in_core(c: Candidate) -> bool:
+        return cx0 - margin <= c.x + bx0 < cx1 + margin and cy0 - margin <= c.y + by0 < cy1 + margin
+
+    return [c.moved(bx0, by0) for c in analyse_region(pixels, models, settings, timer, keep=in_core)]
 
 
 def _finish(path: Path, source, view: SlideView, thumb, mask: TissueMask, regions: list[Region],
