@@ -113,3 +113,16 @@ def test_f1_sweep_uses_the_challenge_matcher():
     s = [np.array([0.9, 0.4])]
     counts = rf.f1_sweep(truth, xy, s, [5.0], np.array([0.0, 0.5, 1.0]))
     assert [(c.tp, c.fp, c.fn) for c in counts] == [(1, 1, 1), (1, 0, 1), (0, 0, 2)]
+
+
+def test_weights_parity_of_a_set_with_itself_is_exact(tmp_path):
+    """training.weights_parity on a small field: the same weights twice decide identically."""
+    from conftest import ROOT
+    from training.weights_parity import compare
+
+    data = _write_dataset(tmp_path)
+    report = compare(ROOT / "weights", ROOT / "weights", data)
+    assert report["fields"] == 1
+    assert report["against_truth"]["before"] == report["against_truth"]["after"]
+    for agreement in report["after_vs_before"].values():
+        assert agreement["fp"] == 0 and agreement["fn"] == 0

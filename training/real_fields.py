@@ -264,6 +264,12 @@ def load_candidates(name: str, floor: float, cache_dir: Path | str = CACHE_DIR) 
     return np.asarray(record["candidates"][f"{floor:g}"], dtype=float).reshape(-1, 3)
 
 
+def cached_floors(name: str, cache_dir: Path | str = CACHE_DIR) -> list[float]:
+    """The floors at which a field's stage-1 candidates are cached."""
+    with open(candidates_path(name, cache_dir)) as f:
+        return sorted(float(k) for k in json.load(f)["candidates"])
+
+
 def in_ignore(ignore: np.ndarray | None, xy: np.ndarray) -> np.ndarray:
     """True where a point's (rounded) pixel lies in the ignore region."""
     xy = np.asarray(xy, dtype=float).reshape(-1, 2)

@@ -78,8 +78,10 @@ def far_from(points: np.ndarray, truth: np.ndarray, radius: float) -> np.ndarray
     return d.min(1) > radius
 
 
-def field_candidates(field: rf.Field, verify_floor: float, cache: Path, product_floor: float = 0.1) -> np.ndarray:
-    c = rf.load_candidates(field.name, product_floor, cache)
+def field_candidates(field: rf.Field, verify_floor: float, cache: Path) -> np.ndarray:
+    """The field's cached stage-1 candidates whose score reaches ``verify_floor``, from the highest
+    cached floor at or below it (the cache holds the product's floor of the day it was made)."""
+    c = rf.load_candidates(field.name, max(f for f in rf.cached_floors(field.name, cache) if f <= verify_floor), cache)
     return c[c[:, 2] >= verify_floor]
 
 
