@@ -35,8 +35,12 @@ import json
 import sys
 from pathlib import Path
 
-UINT8_NHWC = "uint8-nhwc"
-FLOAT32_NCHW = "float32-nchw"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from training.onnx_contract import FLOAT32_NCHW, UINT8_NHWC  # noqa: E402  (the contract's one place)
+
 OPSET = 17
 IR_VERSION = 8
 
@@ -249,8 +253,6 @@ def write_standin_weights(shipped_dir: Path, out_dir: Path) -> dict:
 
 
 if __name__ == "__main__":  # python benchmarks/standin_models.py OUT_DIR [SHIPPED_DIR]
-    here = Path(__file__).resolve().parent
-    sys.path.insert(0, str(here.parent))
     out = Path(sys.argv[1])
-    shipped = Path(sys.argv[2]) if len(sys.argv) > 2 else here.parent / "weights"
+    shipped = Path(sys.argv[2]) if len(sys.argv) > 2 else REPO_ROOT / "weights"
     print(json.dumps(write_standin_weights(shipped, out), indent=2))

@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import InputError
 from .log import log, warn
-from .manifest import Manifest, ModelEntry
+from .manifest import UINT8_NHWC, Manifest, ModelEntry
 from .settings import Settings
 
 CUDA = "CUDAExecutionProvider"
@@ -94,7 +94,7 @@ class OnnxModel:
         return np.concatenate(parts) if parts else self._run(self._input(batch_uint8))
 
     def _input(self, batch_uint8: np.ndarray) -> np.ndarray:
-        if self.input_format == "uint8-nhwc":
+        if self.input_format == UINT8_NHWC:
             return np.ascontiguousarray(batch_uint8, dtype=np.uint8)
         return to_model_input(batch_uint8)
 

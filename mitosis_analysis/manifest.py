@@ -42,6 +42,11 @@ class Normalisation(BaseModel):
     std: tuple[float, float, float]
     applied: Literal["in-graph"] = "in-graph"
 
+# The two input formats a graph may declare (``ModelEntry.input_format``).
+FLOAT32_NCHW = "float32-nchw"
+UINT8_NHWC = "uint8-nhwc"
+InputFormat = Literal["float32-nchw", "uint8-nhwc"]
+
 
 class ModelEntry(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
@@ -49,7 +54,7 @@ class ModelEntry(BaseModel):
     file: str
     sha256: str
     input_name: str = "image"
-    input_format: Literal["float32-nchw", "uint8-nhwc"] = "float32-nchw"
+    input_format: InputFormat = FLOAT32_NCHW
     output_name: str
     # Detector: the output map is max-pooled over output_stride x output_stride blocks in the graph.
     output_stride: int = Field(default=1, ge=1, le=16)

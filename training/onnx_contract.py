@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-UINT8_NHWC = "uint8-nhwc"
-FLOAT32_NCHW = "float32-nchw"
+from mitosis_analysis.manifest import FLOAT32_NCHW, UINT8_NHWC  # noqa: F401  (re-exported for training)
+
 # What the detector's map is pooled over in the shipped weights and in fresh exports (the plan's
 # tile size must be a multiple of it).
 DETECTOR_OUTPUT_STRIDE = 4
