@@ -196,11 +196,12 @@ def classify_stack(crops: np.ndarray, models: Models, settings: Settings) -> np.
 def roi_view(roi: RoiImage, model_spacing_mm: float, tolerance: float, max_pixels: int) -> SlideView:
     """The ROI on the working grid, refused when resampling would blow it up past the pixel budget."""
     view = SlideView(ArraySource(roi.pixels, roi.spacing_mm, roi.path, roi.spacing_assumed), model_spacing_mm,
-                     tolerance)
+                     tolerance, announce=False)
     if view.resampled:  # an ROI tagged at a coarse spacing would be blown up to a size no run can hold
         check_pixel_budget(
             view.width, view.height, max_pixels,
             f"{shown(roi.path.name)} at {roi.spacing_mm[0] * 1000:.3g} um/px, resampled to the models' "
             f"{model_spacing_mm * 1000:.3g} um/px",
         )
+    view.announce()
     return view

@@ -92,8 +92,11 @@ class SlideView:
     1.0 when the level is used as it is.
     """
 
-    def __init__(self, source: SlideSource, target_spacing_mm: float, tolerance: float):
+    def __init__(self, source: SlideSource, target_spacing_mm: float, tolerance: float, announce: bool = True):
+        """``announce``: say on stderr when the level is resampled (else the caller calls
+        ``announce`` once it has accepted the view, so that a refusal is the only line)."""
         self.source = source
+        self.tolerance = tolerance
         self.level, resampled = choose_level(source.levels, target_spacing_mm, tolerance)
         lv = source.levels[self.level]
         if resampled:
@@ -101,16 +104,24 @@ class SlideView:
             self.scale = (target_spacing_mm / lv.spacing_mm[0], target_spacing_mm / lv.spacing_mm[1])
             self.width = max(1, round(lv.width / self.scale[0]))
             self.height = max(1, round(lv.height / self.scale[1]))
-            direction = "downsampling" if min(self.scale) >= 1 else "UPSAMPLING (the image is coarser than the models)"
-            warn(
-                f"{source.path.name}: no level within {tolerance:.0%} of the models' {target_spacing_mm * 1000:g} um/px; "
-                f"{direction} level {self.level} ({lv.spacing_mm[0] * 1000:.4g} um/px, {lv.width}x{lv.height} px) "
-                f"to {self.width}x{self.height} px"
-            )
         else:
             self.spacing_mm = lv.spacing_mm
             self.scale = (1.0, 1.0)
             self.width, self.height = lv.width, lv.height
+        if announce:
+            self.announce()
+
+    def announce(self) -> None:
+        """The warning that the level is resampled (nothing when it is read as it is)."""
+        if not self.resampled:
+            return
+        lv = self.source.levels[self.level]
+        direction = "downsampling" if min(self.scale) >= 1 else "UPSAMPLING (the image is coarser than the models)"
+        warn(
+            f"{self.source.path.name}: no level within {self.tolerance:.0%} of the models' "
+            f"{self.spacing_mm[0] * 1000:g} um/px; {direction} level {self.level} "
+            f"({lv.spacing_mm[0] * 1000:.4g} um/px, {lv.width}x{lv.height} px) to {self.width}x{self.height} px"
+        )
 
     @property
     def resampled(self) -> bool:

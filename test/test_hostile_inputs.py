@@ -222,6 +222,16 @@ def test_declared_huge_images_are_refused_before_decoding(tmp_path, synthetic_we
     refused(capsys, run(inp, tmp_path / "out", synthetic_weights), message, tmp_path / "out")
 
 
+def test_coarse_spacing_refusal_is_the_only_line(tmp_path, synthetic_weights, capsys):
+    """The budget check comes before the resampling is announced: the refusal is the one line."""
+    inp = track1_case(tmp_path)
+    _coarse_spacing(inp)
+    rc = run(inp, tmp_path / "out", synthetic_weights)
+    err = capsys.readouterr().err
+    assert rc == 2 and [line for line in err.splitlines() if line.strip()] == [
+        line for line in err.splitlines() if line.startswith("error:")], err
+
+
 def test_bomb_is_refused_within_a_2_gib_address_space(tmp_path, synthetic_weights):
     """The shared-tile bomb declares 30 GB of pixels: the container job refuses it in a process
     that could not even hold one 40,000^2 page."""
