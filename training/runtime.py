@@ -34,3 +34,10 @@ def save_checkpoint(obj, path: Path | str) -> None:
 def write_json(obj, path: Path | str) -> None:
     """JSON (indented) into ``path`` atomically."""
     write_bytes_atomic(Path(path), (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def report_json(obj, path: Path | str | None) -> None:
+    """A report printed as JSON, and written to ``path`` (atomically) when one is given."""
+    print(json.dumps(obj, indent=2))
+    if path is not None:
+        write_json(obj, path)

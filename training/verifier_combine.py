@@ -13,7 +13,6 @@ verifier alone, as shipped. A selection experiment on cached candidates, not the
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ if str(REPO_ROOT) not in sys.path:
 from mitosis_analysis.decision import logit  # noqa: E402
 from mitosis_analysis.evaluate.detection import DetectionCounts  # noqa: E402
 from training import real_fields as rf  # noqa: E402
+from training.runtime import report_json  # noqa: E402
 from training.train_verifier import best, f1_by_threshold  # noqa: E402
 
 THRESHOLDS = np.round(np.arange(-8.0, 16.0001, 0.25), 2)
@@ -69,10 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         picks[s] = a
         chosen = chosen + per_fold[s][a]["heldout"]
     report["a_chosen_on_training_slides"] = {"per_slide": picks, "pooled_heldout": chosen.as_dict()}
-    text = json.dumps(report, indent=1)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report_json(report, args.out)
     return 0
 
 

@@ -14,7 +14,6 @@ held-out figures. Data are read from ``../shared/data`` at run time.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from mitosis_analysis.inference import load_models  # noqa: E402
 from mitosis_analysis.pipeline import detect_candidates, verify_candidates  # noqa: E402
 from mitosis_analysis.settings import Settings  # noqa: E402
 from training import real_fields as rf  # noqa: E402
+from training.runtime import report_json  # noqa: E402
 
 
 def mitotic_figures(pixels: np.ndarray, models, settings: Settings) -> np.ndarray:
@@ -68,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     report = compare(args.before, args.after, args.data, args.limit)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report_json(report, args.out)
     return 0
 
 
