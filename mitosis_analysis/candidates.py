@@ -85,6 +85,18 @@ def _weighted_centroids(logits: np.ndarray, regions: np.ndarray, region: np.ndar
     return out_x, out_y
 
 
+def map_candidates(logits: np.ndarray, floor: float, stride: int, centroid_radius_px: float,
+                   suppression_radius_px: float) -> list[Candidate]:
+    """Candidates of a logit map whose pixels cover ``stride`` x ``stride`` image pixels (a
+    detector pooling s x s blocks; 1: per pixel), in image pixels: ``find_candidates`` on the map,
+    then ``suppress_duplicates``. Radii are in image pixels."""
+    found = find_candidates(logits, floor, centroid_radius_px / stride)
+    if stride != 1:  # map pixel i covers image pixels [i s, (i + 1) s): its centre is (i + 0.5) s - 0.5
+        found = [replace(c, x=(c.x + 0.5) * stride - 0.5, y=(c.y + 0.5) * stride - 0.5, area=c.area * stride**2)
+                 for c in found]
+    return suppress_duplicates(found, suppression_radius_px)
+
+
 def suppress_duplicates(candidates: list[Candidate], radius: float) -> list[Candidate]:
     """Keep, of every group of candidates closer than ``radius`` (px), the highest-scoring one.
 

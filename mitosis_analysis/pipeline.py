@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .candidates import Candidate, find_candidates, suppress_duplicates
+from .candidates import Candidate, map_candidates
 from .classify import classify_crops, extract_crops
 from .decision import is_mitosis, logit
 from .inference import Models
@@ -93,16 +93,12 @@ def _stitch(stitcher: Stitcher, tiles: list, logits: Future, timer: StageTimer) 
         stitcher.add(tiles, result)
 
 
-def candidates_from_map(logits: np.ndarray, stride: int, floor_logit: float, models: Models) -> list[Candidate]:
-    """Candidates of a mitosis logit map (``mitosis_logit_map``; map pixels of ``stride`` image
-    pixels) at or above ``floor_logit``, in image pixels, duplicates within the suppression radius
-    removed (the manifest's plan)."""
+def candidates_from_map(logits: np.ndarray, floor_logit: float, models: Models) -> list[Candidate]:
+    """Candidates of the detector's logit map (``mitosis_logit_map``) at or above ``floor_logit``,
+    in image pixels, duplicates within the suppression radius removed (the manifest's plan)."""
     manifest = models.manifest
-    found = find_candidates(logits, floor_logit, manifest.plan.centroid_radius_mm / manifest.spacing_mm / stride)
-    if stride != 1:  # map pixel i covers image pixels [i s, (i + 1) s): its centre is (i + 0.5) s - 0.5
-        found = [replace(c, x=(c.x + 0.5) * stride - 0.5, y=(c.y + 0.5) * stride - 0.5, area=c.area * stride**2)
-                 for c in found]
-    return suppress_duplicates(found, manifest.plan.suppression_radius_mm / manifest.spacing_mm)
+    return map_candidates(logits, floor_logit, models.output_stride, manifest.plan.centroid_radius_mm / manifest.spacing_mm,
+                          manifest.plan.suppression_radius_mm / manifest.spacing_mm)
 
 
 def detect_candidates(
@@ -113,8 +109,7 @@ def detect_candidates(
     timer = timer or StageTimer()
     logits = mitosis_logit_map(pixels, models, settings, timer)
     with timer.stage("postprocessing"):
-        return candidates_from_map(logits, models.output_stride, models.manifest.thresholds.candidate_floor_logit,
-                                   models)
+        return candidates_from_map(logits, models.manifest.thresholds.candidate_floor_logit, models)
 
 
 def classify_candidates(

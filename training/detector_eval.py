@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import numpy as np
 from scipy.spatial import cKDTree
 
-from mitosis_analysis.candidates import find_candidates, suppress_duplicates
+from mitosis_analysis.candidates import map_candidates
 from mitosis_analysis.inference import to_model_input
 from mitosis_analysis.manifest import InferencePlan
 from training.export import DEFAULT_CANDIDATE_FLOOR_LOGIT as CANDIDATE_FLOOR_LOGIT
@@ -80,8 +80,8 @@ def candidates_from_map(logits: np.ndarray, plan: InferencePlan | None = None,
     maxima at or above the floor -> centroid and peak logit -> suppression within 7.5 um.
     Returns (xy, logit), sorted by descending logit."""
     plan = plan or InferencePlan()
-    found = find_candidates(logits, floor_logit, plan.centroid_radius_mm / SPACING_MM)
-    kept = suppress_duplicates(found, plan.suppression_radius_mm / SPACING_MM)
+    kept = map_candidates(logits, floor_logit, 1, plan.centroid_radius_mm / SPACING_MM,
+                          plan.suppression_radius_mm / SPACING_MM)
     return (np.array([[c.x, c.y] for c in kept], dtype=float).reshape(-1, 2),
             np.array([c.score for c in kept], dtype=float))
 

@@ -248,7 +248,7 @@ def stage1(pixels: np.ndarray, models, settings, floors: tuple[float, ...]) -> d
     logits = mitosis_logit_map(pixels, models, settings)
     out = {}
     for floor in floors:
-        kept = candidates_from_map(logits, models.output_stride, float(logit(floor)), models)
+        kept = candidates_from_map(logits, float(logit(floor)), models)
         out[floor] = np.array([[c.x, c.y, sigmoid(c.score)] for c in kept], dtype=float).reshape(-1, 3)
     return out
 

@@ -29,10 +29,7 @@ from ..log import warn
 from ..readers import checked_spacing, first_line, tiff_spacing_mm
 from ..resample import resample
 from ..settings import Settings
-from ..source import Level, SlideReadError, SlideSource, SlideView, choose_level
-
-__all__ = ["Backend", "Level", "OpenSlideSource", "SlideReadError", "SlideSource", "SlideView", "Thumbnail",
-           "TiffSource", "choose_level", "open_slide", "thumbnail"]
+from ..source import Level, SlideReadError, SlideSource
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
 Backend = Literal["auto", "openslide", "tifffile"]

@@ -38,7 +38,8 @@ from ..log import log, warn
 from ..outputs import check_writable
 from ..pipeline import analyse_region
 from ..settings import Settings
-from ..tiling import tile_grid
+from ..source import SlideReadError, SlideView
+from ..tiling import padded_shape, tile_grid
 from ..timing import StageTimer
 from .export import (
     LABEL_ATYPICAL,
@@ -57,7 +58,6 @@ from .export import (
 from .hotspot import densest_square
 from .journal import Journal, RegionRecord, slide_fingerprint
 from .progress import Progress
-from ..source import SlideReadError, SlideView
 from .reader import Backend, open_slide, thumbnail
 from .tissue import TissueMask, tissue_mask
 
@@ -98,11 +98,12 @@ def plan_regions(width: int, height: int, size: int, halo: int) -> list[Region]:
     return regions
 
 
-def estimated_tiles(region: Region, mask: TissueMask, plan: InferencePlan) -> int:
-    """Tiles of ``region`` that the pipeline will infer, judged from the tissue mask."""
+def estimated_tiles(region: Region, mask: TissueMask, plan: InferencePlan, output_stride: int) -> int:
+    """Tiles of ``region`` that the pipeline will infer (its grid: ``padded_shape``, starts on
+    multiples of the detector's ``output_stride``), judged from the tissue mask."""
     x0, y0, x1, y1 = region.box
     tile = plan.tile_size
-    tiles = tile_grid(max(tile, y1 - y0), max(tile, x1 - x0), tile, plan.stride())
+    tiles = tile_grid(*padded_shape(y1 - y0, x1 - x0, tile, output_stride), tile, plan.stride(), output_stride)
     return sum(
         mask.fraction(x0 + t.x, y0 + t.y, min(x1, x0 + t.x + tile), min(y1, y0 + t.y + tile)) >= plan.min_tissue_fraction
         for t in tiles
@@ -154,7 +155,8 @@ def analyse_slide(
         mask = tissue_mask(thumb.pixels, thumb.spacing_mm, view.spacing_mm)
         regions = plan_regions(view.width, view.height, options.region_size, options.halo)
         tissue_regions = [r for r in regions if mask.fraction(*r.core) > 0 or _unreadable(thumb, mask, r)]
-        estimates = {r.index: estimated_tiles(r, mask, models.manifest.plan) for r in tissue_regions}
+        estimates = {r.index: estimated_tiles(r, mask, models.manifest.plan, models.output_stride)
+                     for r in tissue_regions}
         lv = source.levels[0]
         log(
             f"{path.name}: {lv.width}x{lv.height} px at {lv.spacing_mm[0] * 1000:.4g} um/px ({source.backend}), "
