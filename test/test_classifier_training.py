@@ -165,3 +165,27 @@ def test_few_step_adversarial_training_feeds_the_domain_head(tmp_path, monkeypat
     # the domain head is not part of the saved model
     assert set(ckpt["state_dict"]) == set(build_classifier(arch=ARCH, width=8).state_dict())
     assert np.isfinite(ckpt["history"][0]["train_loss"])
+
+
+@needs_data
+def test_leave_one_domain_out_training_never_sees_the_held_out_domain(tmp_path, monkeypatch):
+    from model.classifier import RESNET_ARCH
+
+    loaded = []
+    real_load = amibr.load_crops
+
+    def spy(crops, *args, **kwargs):
+        crops = list(crops)
+        loaded.append(crops)
+        return real_load(crops, *args, **kwargs)
+
+    monkeypatch.setattr(amibr, "load_crops", spy)
+    held_out = amibr.DOMAINS.index("MIDOG21 Aperio CS2")
+    cfg = tc.TrainConfig(epochs=1, batch_size=8, arch=RESNET_ARCH, width=8, limit=48, threads=1, seed=0,
+                         holdout_domain=held_out, augment="wide", rrc_min_scale=0.6)
+    ckpt = tc.train(cfg, DATA, tmp_path / "run", tmp_path / "classifier.pt", log=lambda m: None)
+    fit, val, test = loaded[:3]  # the order train() reads them in
+    assert all(c.domain != held_out for c in fit + val)
+    assert test and all(c.domain == held_out for c in test)
+    assert "Aperio CS2" in ckpt["metrics"]["test_is"] and ckpt["arch"] == RESNET_ARCH
+    assert "arch" not in ckpt["config"]  # the arch is the checkpoint's own key, as export.sh reads it

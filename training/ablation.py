@@ -60,32 +60,42 @@ def command(model: str, variant: str, run_dir: Path, epochs: int, extra: list[st
             "--epochs", str(epochs), *VARIANTS[model][variant], *extra]
 
 
-def run(model: str, out: Path, epochs: int, parallel: int, variants: list[str], extra: list[str]) -> int:
+def launch(jobs: dict[str, tuple[list[str], Path]], parallel: int) -> list[str]:
+    """Run ``name -> (command, run_dir)`` as at most ``parallel`` concurrent subprocesses (one
+    thread each), each logging to ``<run_dir>/stdout.log`` with its command in ``command.txt``;
+    returns the names that failed."""
     procs: list[tuple[str, subprocess.Popen, float]] = []
-    pending = list(variants)
+    pending = list(jobs)
     failed = []
     env = dict(os.environ, OMP_NUM_THREADS="1")
     while pending or procs:
         while pending and len(procs) < parallel:
-            variant = pending.pop(0)
-            run_dir = out / f"{model}-{variant}"
+            name = pending.pop(0)
+            cmd, run_dir = jobs[name]
             run_dir.mkdir(parents=True, exist_ok=True)
-            cmd = command(model, variant, run_dir, epochs, extra)
             (run_dir / "command.txt").write_text(" ".join(cmd[1:]) + "\n")
             with open(run_dir / "stdout.log", "w") as log:  # the child keeps its own handle
-                procs.append((variant, subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env),
+                procs.append((name, subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env),
                               time.time()))
-            print(f"started {model}-{variant}", file=sys.stderr, flush=True)
+            print(f"started {name}", file=sys.stderr, flush=True)
         for item in list(procs):
-            variant, proc, t0 = item
+            name, proc, t0 = item
             if proc.poll() is not None:
                 procs.remove(item)
                 status = "ok" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
-                print(f"{model}-{variant}: {status} after {(time.time() - t0) / 60:.1f} min", file=sys.stderr, flush=True)
+                print(f"{name}: {status} after {(time.time() - t0) / 60:.1f} min", file=sys.stderr, flush=True)
                 if proc.returncode != 0:
-                    failed.append(variant)
+                    failed.append(name)
         time.sleep(2)
-    return 1 if failed else 0
+    return failed
+
+
+def run(model: str, out: Path, epochs: int, parallel: int, variants: list[str], extra: list[str]) -> int:
+    jobs = {}
+    for variant in variants:
+        run_dir = out / f"{model}-{variant}"
+        jobs[f"{model}-{variant}"] = (command(model, variant, run_dir, epochs, extra), run_dir)
+    return 1 if launch(jobs, parallel) else 0
 
 
 def detector_row(run_dir: Path, evaluate: bool) -> dict:

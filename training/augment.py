@@ -97,6 +97,27 @@ def random_dihedral(x: torch.Tensor, *others: torch.Tensor, g: torch.Generator) 
     return tuple(dihedral(t, k, flip) for t in (x, *others))
 
 
+def random_resized_crop(images: torch.Tensor, min_scale: float, g: torch.Generator,
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Per image, a random window of ``min_scale`` ... 1 of the area with an aspect ratio in
+    ``ratio`` (log-uniform), placed at random inside the image, resampled (bilinear) back to the
+    full size: scale and shape jitter plus a shift. ``min_scale`` = 1 returns the images."""
+    _check_images(images)
+    if min_scale >= 1.0:
+        return images
+    n, dev = images.shape[0], images.device
+    area = _uniform(n, min_scale, 1.0, g, dev)
+    log_ratio = _uniform(n, math.log(ratio[0]), math.log(ratio[1]), g, dev)
+    sx = (area * torch.exp(log_ratio)).sqrt().clamp(max=1.0)  # window width / image width
+    sy = (area / torch.exp(log_ratio)).sqrt().clamp(max=1.0)
+    tx = (1 - sx) * _uniform(n, -1.0, 1.0, g, dev)  # centre, in [-1, 1] units, window inside
+    ty = (1 - sy) * _uniform(n, -1.0, 1.0, g, dev)
+    theta = torch.zeros(n, 2, 3, dtype=images.dtype, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sx, tx, sy, ty
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False).clamp(0.0, 1.0)
+
+
 # --- colour -------------------------------------------------------------------------------------
 
 
@@ -215,6 +236,8 @@ class AugmentConfig:
     p_hsv: float = 0.0
     p_gray: float = 0.0
     gray_blend: tuple[float, float] = (0.3, 1.0)
+    # Random resized crop (``random_resized_crop``): smallest area fraction kept; 1 = off.
+    rrc_min_scale: float = 1.0
 
     @classmethod
     def wide(cls) -> "AugmentConfig":
@@ -266,11 +289,13 @@ def augment_photometric(images: torch.Tensor, config: AugmentConfig, g: torch.Ge
 
 
 def augment(images: torch.Tensor, config: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """A random symmetry per image (if ``config.dihedral``) followed by :func:`augment_photometric`.
+    """A random symmetry per image (if ``config.dihedral``), a random resized crop (if
+    ``config.rrc_min_scale`` < 1), then :func:`augment_photometric`.
 
     For label maps that must follow the geometry, call :func:`random_dihedral` yourself and then
     :func:`augment_photometric` on the images only."""
     _check_images(images)
     if config.dihedral:
         (images,) = random_dihedral(images, g=g)
+    images = random_resized_crop(images, config.rrc_min_scale, g)
     return augment_photometric(images, config, g)

@@ -155,6 +155,16 @@ def published_split(data_dir: Path | str, crops: Sequence[Crop] | None = None) -
     return train, test
 
 
+def leave_domain_out(train: Sequence[Crop], test: Sequence[Crop], domain: int) -> tuple[list[Crop], list[Crop]]:
+    """(training crops of the other domains, every crop of ``domain`` from both splits): one fold
+    of leave-one-domain-out, the held-out domain never seen in training or validation."""
+    if not 0 <= domain < len(DOMAINS):
+        raise ValueError(f"domain must be an index into DOMAINS (0 ... {len(DOMAINS) - 1}), got {domain}")
+    kept = [c for c in train if c.domain != domain]
+    held = [c for c in (*train, *test) if c.domain == domain]
+    return kept, held
+
+
 def split_by_slide(
     crops: Sequence[Crop], val_fraction: float = 0.15, seed: int = 0
 ) -> tuple[list[Crop], list[Crop]]:

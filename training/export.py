@@ -4,7 +4,10 @@ exists) to ONNX and write ``weights/manifest.json``.
 Usage (what ``./export.sh`` runs)::
 
     python -m training.export [--checkpoints training/checkpoints] [--weights weights]
-                              [--tolerance 1e-4] [--opset 17]
+                              [--tolerance 1e-4] [--opset 17] [--only classifier]
+
+``--only KIND`` exports that model alone into weights that hold the others (their files, entries,
+thresholds and records are kept; the manifest's notes say what was replaced and when).
 
 For each model kind it takes ``<checkpoints>/<kind>.pt`` when present (a ``torch.save`` dict with
 keys ``arch``, ``config``, ``state_dict``, ``threshold``, ``metrics`` and optionally ``command``,
@@ -265,6 +268,52 @@ def provenance(exported: dict[str, Exported], command: str) -> dict:
     }
 
 
+def export_kind(kind: str, args: argparse.Namespace) -> Exported:
+    """One model from ``<checkpoints>/<kind>.pt`` (or random init) to ONNX, parity-checked."""
+    net, ckpt, trained = load_model(kind, args.checkpoints / f"{kind}.pt")
+    path = args.weights / FILES[kind]
+    export_onnx(kind, net, path, args.opset)
+    diff = parity(kind, net, path)
+    source = args.checkpoints / f"{kind}.pt" if trained else "random init (no checkpoint)"
+    print(f"{kind}: {source} -> {path} ({path.stat().st_size / 2**20:.2f} MiB); "
+          f"max |ORT - PyTorch| = {diff:.2e} (tolerance {args.tolerance:.0e})", file=sys.stderr)
+    if not diff <= args.tolerance:
+        path.unlink()
+        raise ExportError(f"{kind}: ONNX Runtime differs from PyTorch by {diff:.2e} > {args.tolerance:.0e}")
+    return Exported(kind, path, net, trained, checkpoint_threshold_logit(ckpt, kind),
+                    sum(p.numel() for p in net.parameters()), diff, ckpt)
+
+
+THRESHOLD_KEYS = {"detector": "detection_logit", "classifier": "atypical_logit"}
+
+
+def replace_one(kind: str, args: argparse.Namespace) -> Manifest:
+    """Export only ``kind`` from its checkpoint (which must exist) into weights that already hold
+    the others: its manifest entry, threshold and provenance record are replaced; every other
+    model, threshold and record is kept as it was."""
+    if not (args.checkpoints / f"{kind}.pt").is_file():
+        raise ExportError(f"--only {kind}: no checkpoint {args.checkpoints / f'{kind}.pt'}")
+    old = Manifest.load(args.weights)
+    e = export_kind(kind, args)
+    record = provenance({kind: e}, args.command)
+    before = old.provenance.model_dump()
+    metrics = {**(before.get("metrics") or {}), kind: record["metrics"][kind]}
+    note = f"{record['created'][:10]}: {kind} replaced by `{args.command}` ({args.checkpoints / f'{kind}.pt'})."
+    updated = Manifest.model_validate({
+        **old.model_dump(),
+        kind: model_entry(e, args.opset),
+        "thresholds": {**old.thresholds.model_dump(), THRESHOLD_KEYS[kind]: e.threshold},
+        "provenance": {**before, "metrics": metrics, "git_commit": record["git_commit"], "created": record["created"],
+                       "command": " && ".join(x for x in (before.get("command"), record["command"].split(" && ", 1)[-1]) if x),
+                       "notes": " ".join(x for x in (before.get("notes"), note) if x),
+                       "trained": bool(before.get("trained")) and e.trained},
+    })
+    write_bytes_atomic(args.weights / MANIFEST_FILE, (updated.model_dump_json(indent=2) + "\n").encode())
+    Manifest.load(args.weights).verified_path(args.weights, getattr(updated, kind))
+    print(f"replaced the {kind} in {args.weights / MANIFEST_FILE}; the other models are unchanged", file=sys.stderr)
+    return updated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoints", type=Path, default=REPO_ROOT / "training" / "checkpoints")
@@ -272,24 +321,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4, help="max |ORT - PyTorch| allowed")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--command", default="./export.sh", help="recorded in the manifest")
+    parser.add_argument("--only", choices=sorted(THRESHOLD_KEYS), default=None,
+                        help="export this model only; the weights' other models and their records are kept")
     args = parser.parse_args(argv)
     args.weights.mkdir(parents=True, exist_ok=True)
 
-    exported: dict[str, Exported] = {}
-    for kind in ("detector", "classifier"):
-        net, ckpt, trained = load_model(kind, args.checkpoints / f"{kind}.pt")
-        path = args.weights / FILES[kind]
-        export_onnx(kind, net, path, args.opset)
-        diff = parity(kind, net, path)
-        source = args.checkpoints / f"{kind}.pt" if trained else "random init (no checkpoint)"
-        print(f"{kind}: {source} -> {path} ({path.stat().st_size / 2**20:.2f} MiB); "
-              f"max |ORT - PyTorch| = {diff:.2e} (tolerance {args.tolerance:.0e})", file=sys.stderr)
-        if not diff <= args.tolerance:
-            path.unlink()
-            raise ExportError(f"{kind}: ONNX Runtime differs from PyTorch by {diff:.2e} > {args.tolerance:.0e}")
-        threshold = checkpoint_threshold_logit(ckpt, kind)
-        exported[kind] = Exported(kind, path, net, trained, threshold,
-                                  sum(p.numel() for p in net.parameters()), diff, ckpt)
+    if args.only:
+        replace_one(args.only, args)
+        return 0
+    exported = {kind: export_kind(kind, args) for kind in ("detector", "classifier")}
 
     manifest = Manifest.model_validate({
         "spacing_mm": Settings().default_spacing_mm,

@@ -68,8 +68,20 @@ class TrainConfig:
     val_fraction: float = 0.15
     seed: int = 0  # initialisation, sampling, augmentation
     split_seed: int = 0  # which slides form validation: fixed across runs that are compared or ensembled
+    # Network: model.classifier.ARCHS ("atypical-msresnet-v1", "atypical-resnet-v1",
+    # "atypical-convnext-v1"); depths per stage as "2,2,2,2" ("": the architecture's default).
+    arch: str = ARCH
     width: int = 16
+    depths: str = ""
     dropout: float = 0.3
+    # Augmentation: "default" (AugmentConfig()) or "wide" (AugmentConfig.wide(): hue/saturation,
+    # grayscale blending, wider stain/contrast/focus); rrc_min_scale < 1 adds random resized crops.
+    augment: str = "default"
+    rrc_min_scale: float = 1.0
+    # Leave one domain out (index into training.data.DOMAINS, -1: off): train and validate on the
+    # other domains' training-split crops; every crop of the held-out domain (both splits) takes the
+    # test split's place in the final report.
+    holdout_domain: int = -1
     threads: int = 1
     # Weight of the domain-adversarial term (0: off).
     adversarial: float = 0.1
@@ -142,11 +154,16 @@ def train(
     rng = np.random.default_rng(cfg.seed)
 
     train_all, test = amibr.published_split(data_dir)
+    evaluated_on = "AMi-Br test split"
+    if cfg.holdout_domain >= 0:
+        train_all, test = amibr.leave_domain_out(train_all, test, cfg.holdout_domain)
+        evaluated_on = f"held-out domain {amibr.DOMAINS[cfg.holdout_domain]} (all its crops, both splits)"
     if cfg.limit:
         train_all = stratified_subset(train_all, cfg.limit, rng)
         test = stratified_subset(test, cfg.limit, rng)
     fit, val = amibr.split_by_slide(train_all, cfg.val_fraction, cfg.split_seed)
-    log(f"fit: {amibr.summary(fit)}\nval: {amibr.summary(val)}\ntest: {amibr.summary(test)} (reported at the end only)")
+    log(f"fit: {amibr.summary(fit)}\nval: {amibr.summary(val)}\ntest: {amibr.summary(test)} = {evaluated_on} "
+        "(reported at the end only)")
     x_fit, x_val = amibr.load_crops(fit), amibr.load_crops(val)
     y_fit, y_val = amibr.labels(fit), amibr.labels(val)
     h_fit, d_fit = amibr.hardness(fit), amibr.domains(fit)
@@ -156,13 +173,16 @@ def train(
     initialisation = "random (from scratch; no pretrained weights)"
     if cfg.init:
         start = torch.load(cfg.init, map_location="cpu", weights_only=False)
-        model_config = dict(start["config"])
+        model_config = {"arch": start["arch"], **start["config"]}
         initialisation = (f"warm restart from {cfg.init} (epoch {start['metrics']['selected_epoch']} of: "
                           f"{start.get('command', '?')}), itself {start.get('initialisation', '?')}")
     else:
         mean, std = channel_stats(x_fit)
-        model_config = {"width": cfg.width, "dropout": cfg.dropout, "mean": list(mean), "std": list(std)}
-    net = build_classifier(arch=ARCH, **model_config).to(memory_format=torch.channels_last)
+        model_config = {"arch": cfg.arch, "width": cfg.width, "dropout": cfg.dropout, "mean": list(mean), "std": list(std)}
+        if cfg.depths:
+            model_config["depths"] = [int(d) for d in cfg.depths.split(",")]
+    model_config.setdefault("arch", ARCH)  # checkpoints of before the arch was configurable
+    net = build_classifier(**model_config).to(memory_format=torch.channels_last)
     if cfg.init:
         net.load_state_dict(start["state_dict"])
     net = net.to(device)
@@ -183,7 +203,8 @@ def train(
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup_steps))
-    aug_config = aug.AugmentConfig()
+    aug_config = dataclasses.replace(
+        {"default": aug.AugmentConfig, "wide": aug.AugmentConfig.wide}[cfg.augment](), rrc_min_scale=cfg.rrc_min_scale)
     gen = aug.generator(cfg.seed, device)
     x_fit_device = torch.from_numpy(x_fit).to(device)
     y_fit_device, h_fit_device, d_fit_device = (torch.from_numpy(a).to(device) for a in (y_fit, h_fit, d_fit))
@@ -235,7 +256,7 @@ def train(
             break
 
     # --- selection, threshold on validation, final report on test ---
-    final = build_classifier(arch=ARCH, **model_config).to(memory_format=torch.channels_last)
+    final = build_classifier(**model_config).to(memory_format=torch.channels_last)
     final.load_state_dict(best_state)
     final = final.to(device).eval()
     product_views = InferencePlan().classifier_views
@@ -250,14 +271,16 @@ def train(
         "threshold": threshold,
         "validation": val_metrics,
         "test": test_metrics,
+        "test_is": evaluated_on,
         "splits": {"fit": amibr.summary(fit), "validation": amibr.summary(val), "test": amibr.summary(test)},
         "train_minutes": (time.time() - t_start) / 60,
     }
     for line in ev.views_summary(result):
         log(line)
 
+    arch = model_config.pop("arch")
     checkpoint = {
-        "arch": ARCH,
+        "arch": arch,
         "config": model_config,
         "state_dict": best_state,
         "threshold": threshold,

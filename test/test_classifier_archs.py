@@ -1,0 +1,147 @@
+"""The classifier backbones compared by leave-one-domain-out: one interface, exportable to ONNX,
+the ResNet layouts they claim; random resized crops; the LODO folds and their summary; exporting
+the classifier alone into existing weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mitosis_analysis.manifest import Manifest, sha256_file
+from model.classifier import ARCH, ARCHS, CONVNEXT_ARCH, RESNET_ARCH, build_classifier
+from training import augment as aug
+from training import classifier_lodo as lodo
+from training import data as amibr
+from training import export
+
+SMALL = {ARCH: {"width": 8}, RESNET_ARCH: {"width": 8}, CONVNEXT_ARCH: {"width": 8, "depths": (1, 1, 1, 1)}}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_backbone_has_the_classifier_interface(arch):
+    torch.manual_seed(0)
+    net = build_classifier(arch=arch, **SMALL[arch]).eval()
+    x = torch.rand(4, 3, 128, 128)
+    with torch.no_grad():
+        p = net(x)
+        logit, hard, features = net.logits(x, return_features=True)
+        p_one = net(x[1:2])
+    assert p.shape == logit.shape == hard.shape == (4,)
+    torch.testing.assert_close(p, torch.sigmoid(logit))
+    assert features.shape == (4, net.atypical_head.in_features)
+    torch.testing.assert_close(p_one, p[1:2], atol=1e-5, rtol=0)  # no batch coupling in eval mode
+    assert "mean" in net.state_dict() and "std" in net.state_dict()  # normalisation in the graph
+
+
+def test_resnet_layouts_are_resnet_18_and_34():
+    r18 = build_classifier(arch=RESNET_ARCH, width=64, depths=(2, 2, 2, 2))
+    r34 = build_classifier(arch=RESNET_ARCH, width=64, depths=(3, 4, 6, 3))
+    n18 = sum(p.numel() for p in r18.blocks.parameters()) + sum(p.numel() for p in r18.stem.parameters())
+    n34 = sum(p.numel() for p in r34.blocks.parameters()) + sum(p.numel() for p in r34.stem.parameters())
+    # torchvision's resnet18 / resnet34 without the 1000-class fc: 11,176,512 and 21,284,672
+    assert (n18, n34) == (11_176_512, 21_284_672)
+    assert len(r18.blocks) == 8 and len(r34.blocks) == 16
+    with torch.no_grad():
+        assert r18.blocks(r18.stem(torch.rand(1, 3, 128, 128))).shape == (1, 512, 4, 4)  # 1/32 resolution
+
+
+@pytest.mark.parametrize("arch", [RESNET_ARCH, CONVNEXT_ARCH])
+def test_new_backbones_export_to_onnx_within_tolerance(arch, tmp_path):
+    torch.manual_seed(0)
+    net = build_classifier(arch=arch, **SMALL[arch]).eval()
+    path = tmp_path / "classifier.onnx"
+    export.export_onnx("classifier", net, path, 17)
+    assert export.parity("classifier", net, path) < 1e-4
+
+
+def test_checkpoint_configs_rebuild_the_same_network():
+    net = build_classifier(arch=CONVNEXT_ARCH, width=8, depths=[1, 2, 1, 1])  # lists, as JSON stores them
+    again = build_classifier(arch=CONVNEXT_ARCH, width=8, depths=(1, 2, 1, 1))
+    assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in again.state_dict().items()}
+
+
+def test_random_resized_crop():
+    g = aug.generator(0)
+    ramp = torch.linspace(0, 1, 128).expand(4, 3, 128, 128).contiguous()  # columns 0 ... 1
+    assert aug.random_resized_crop(ramp, 1.0, g) is ramp  # off
+    out = aug.random_resized_crop(ramp, 0.5, g)
+    assert out.shape == ramp.shape and bool(((out >= 0) & (out <= 1)).all())
+    span = out[:, 0, 64].amax(dim=1) - out[:, 0, 64].amin(dim=1)
+    assert bool((span < 0.999).all()) and bool((span > np.sqrt(0.5 * 3 / 4) - 0.02).all())  # a window, magnified
+    flat = torch.full((2, 3, 64, 64), 0.3)
+    torch.testing.assert_close(aug.random_resized_crop(flat, 0.3, g), flat)
+
+
+def _crop(dataset: str, slide: str, uid: int, atypical: bool = False) -> amibr.Crop:
+    return amibr.Crop(dataset, uid, slide, 0, 0, (atypical,) * 3, atypical, Path(f"{uid}.jpg"))
+
+
+def test_leave_domain_out_holds_out_every_crop_of_the_domain():
+    train = [_crop("MIDOG21", "003.tiff", 1), _crop("MIDOG21", "120.tiff", 2), _crop("TUPAC16", "7", 3)]
+    test = [_crop("MIDOG21", "010.tiff", 4), _crop("TUPAC16", "8", 5)]
+    kept, held = amibr.leave_domain_out(train, test, 0)  # Hamamatsu XR: slides 001-050
+    assert [c.uid for c in kept] == [2, 3] and [c.uid for c in held] == [1, 4]
+    kept, held = amibr.leave_domain_out(train, test, amibr.DOMAINS.index("TUPAC16"))
+    assert [c.uid for c in kept] == [1, 2] and [c.uid for c in held] == [3, 5]
+    with pytest.raises(ValueError, match="domain"):
+        amibr.leave_domain_out(train, test, 4)
+
+
+def _fake_fold(run_dir: Path, ba: float, auroc: float) -> None:
+    run_dir.mkdir(parents=True)
+    figures = {"balanced_accuracy": ba, "auroc": auroc, "sensitivity": ba, "specificity": ba}
+    (run_dir / "metrics.json").write_text(json.dumps(
+        {"product_views": 4, "selected_epoch": 3, "epochs_run": 5, "test": {"views_4": figures}}))
+
+
+def test_lodo_folds_summary_and_table(tmp_path):
+    out = tmp_path / "recipe"
+    jobs = lodo.jobs(out, ["--arch", RESNET_ARCH], in_domain=True)
+    assert len(jobs) == len(amibr.DOMAINS) + 1
+    for d in range(len(amibr.DOMAINS)):
+        cmd, run_dir = jobs[lodo.fold_name(d)]
+        assert cmd[-2:] == ["--holdout-domain", str(d)] and "--arch" in cmd and run_dir == out / lodo.fold_name(d)
+    assert "--holdout-domain" not in jobs[lodo.IN_DOMAIN][0]
+    with pytest.raises(FileNotFoundError, match="no finished fold"):
+        lodo.summarise(out)
+    for d, ba in enumerate((0.7, 0.8, 0.75, 0.85)):
+        _fake_fold(out / lodo.fold_name(d), ba, ba + 0.1)
+    _fake_fold(out / lodo.IN_DOMAIN, 0.81, 0.9)
+    s = lodo.summarise(out)
+    assert s["mean_balanced_accuracy"] == pytest.approx(0.775) and s["mean_auroc"] == pytest.approx(0.875)
+    assert s["std_balanced_accuracy"] == pytest.approx(np.std([0.7, 0.8, 0.75, 0.85], ddof=1))
+    assert s["in_domain_test"]["balanced_accuracy"] == 0.81
+    assert json.loads((out / "lodo.json").read_text())["folds"]["TUPAC16"]["balanced_accuracy"] == 0.85
+    row = lodo.table([out])[-1]
+    assert row.startswith("| recipe | 0.775 (0.065) | 0.700 | 0.800 | 0.750 | 0.850 | 0.875 | 0.810 / 0.900 |")
+
+
+def test_export_only_the_classifier_keeps_the_other_models(tmp_path):
+    weights = tmp_path / "weights"
+    assert export.main(["--checkpoints", str(tmp_path / "none"), "--weights", str(weights)]) == 0
+    before = Manifest.load(weights)
+    torch.manual_seed(3)
+    net = build_classifier(arch=RESNET_ARCH, width=8)
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    torch.save({"arch": RESNET_ARCH, "config": {"width": 8}, "state_dict": net.state_dict(), "threshold": 0.3,
+                "metrics": {"test": {"ba": 0.8}}, "command": "train the resnet", "data": "d"}, ckpts / "classifier.pt")
+    # the detector checkpoint in that folder must not be touched by --only classifier
+    assert export.main(["--checkpoints", str(ckpts), "--weights", str(weights), "--only", "classifier",
+                        "--command", "./export.sh --only classifier"]) == 0
+    after = Manifest.load(weights)
+    assert after.detector == before.detector and sha256_file(weights / "detector.onnx") == before.detector.sha256
+    assert after.classifier.sha256 != before.classifier.sha256
+    assert after.classifier.parameters == sum(p.numel() for p in net.parameters())
+    assert after.thresholds.atypical_logit == pytest.approx(np.log(0.3 / 0.7))
+    assert after.thresholds.detection_logit == before.thresholds.detection_logit
+    record = after.provenance.metrics["classifier"]
+    assert record["arch"] == RESNET_ARCH and record["training_command"] == "train the resnet"
+    assert after.provenance.metrics["detector"] == before.provenance.metrics["detector"]
+    assert "classifier replaced" in after.provenance.notes and "train the resnet" in after.provenance.command
+    with pytest.raises(export.ExportError, match="no checkpoint"):
+        export.main(["--checkpoints", str(tmp_path / "none"), "--weights", str(weights), "--only", "detector"])

@@ -1,0 +1,132 @@
+"""Leave-one-domain-out (LODO) for the atypical classifier: the selection criterion of every recipe.
+
+    python -m training.classifier_lodo run --out training/runs/lodo/resnet18-w32 [--parallel 2] \
+        -- --arch atypical-resnet-v1 --width 32 --epochs 30 --augment wide
+    python -m training.classifier_lodo table training/runs/lodo/*
+
+``run`` trains one recipe (the arguments after ``--`` go to ``training.train_classifier``) four
+times, each with one of AMi-Br's acquisition domains (``training.data.DOMAINS``: three MIDOG21
+scanners, TUPAC16) held out entirely (``--holdout-domain``): the epoch and the operating
+threshold are chosen on slide-held-out validation of the other three domains, so the held-out
+domain is judged at a threshold it never influenced. Balanced accuracy is the criterion: it does
+not move with the held-out domain's prevalence of atypical figures (18-28 % here), and the
+threshold that maximises it on validation is prevalence-free in the same sense. Writes
+``<out>/lodo.json`` with each fold's held-out BA / AUROC / sensitivity / specificity (product's
+flip views) and their mean and spread.
+
+``table`` prints one markdown row per recipe directory (its command, the mean and per-domain
+held-out BA, the mean AUROC) and, where the folder holds one, the in-domain run's test-split
+figures (``<out>/in-domain/metrics.json``, trained by ``--in-domain`` on the published split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from training import runtime  # noqa: E402
+from training.ablation import launch  # noqa: E402
+from training.data import DOMAINS  # noqa: E402
+
+IN_DOMAIN = "in-domain"
+
+
+def fold_name(domain: int) -> str:
+    return f"holdout-{domain}"
+
+
+def jobs(out: Path, extra: list[str], in_domain: bool) -> dict[str, tuple[list[str], Path]]:
+    """The training commands of the four folds (and of the in-domain run)."""
+    names = {fold_name(d): ["--holdout-domain", str(d)] for d in range(len(DOMAINS))}
+    if in_domain:
+        names[IN_DOMAIN] = []
+    result = {}
+    for name, fold in names.items():
+        run_dir = out / name
+        cmd = [sys.executable, "-m", "training.train_classifier", "--out", str(run_dir),
+               "--checkpoint", str(run_dir / "classifier.pt"), "--threads", "1", *extra, *fold]
+        result[name] = (cmd, run_dir)
+    return result
+
+
+def held_out_figures(metrics: dict) -> dict:
+    """The test-role figures (here: the held-out domain's) at the product's flip views."""
+    return dict(metrics["test"][f"views_{metrics['product_views']}"])
+
+
+def summarise(out: Path) -> dict:
+    """``lodo.json`` of one recipe directory: per-fold held-out figures, mean and spread."""
+    folds = {}
+    for d, name in enumerate(DOMAINS):
+        path = out / fold_name(d) / "metrics.json"
+        if path.is_file():
+            m = json.loads(path.read_text())
+            folds[name] = {**held_out_figures(m), "selected_epoch": m["selected_epoch"], "epochs_run": m["epochs_run"]}
+    if len(folds) != len(DOMAINS):
+        missing = sorted(set(DOMAINS) - set(folds))
+        raise FileNotFoundError(f"{out}: no finished fold for {', '.join(missing)}")
+    ba = np.array([f["balanced_accuracy"] for f in folds.values()])
+    au = np.array([f["auroc"] for f in folds.values()])
+    command = (out / fold_name(0) / "command.txt").read_text().strip() if (out / fold_name(0) / "command.txt").is_file() else ""
+    result = {"command": command, "folds": folds, "mean_balanced_accuracy": float(ba.mean()),
+              "std_balanced_accuracy": float(ba.std(ddof=1)), "mean_auroc": float(au.mean()),
+              "std_auroc": float(au.std(ddof=1))}
+    in_domain = out / IN_DOMAIN / "metrics.json"
+    if in_domain.is_file():
+        result["in_domain_test"] = held_out_figures(json.loads(in_domain.read_text()))
+    runtime.write_json(result, out / "lodo.json")
+    return result
+
+
+def table(dirs: list[Path]) -> list[str]:
+    short = {name: name.replace("MIDOG21 ", "").replace("Hamamatsu ", "") for name in DOMAINS}
+    lines = ["| recipe | LODO mean BA (sd) | " + " | ".join(short.values()) + " | LODO mean AUROC | in-domain test BA / AUROC |",
+             "| --- " * (len(DOMAINS) + 4) + "|"]
+    for out in dirs:
+        s = summarise(out)
+        per = " | ".join(f"{s['folds'][name]['balanced_accuracy']:.3f}" for name in DOMAINS)
+        test = s.get("in_domain_test")
+        test_cell = f"{test['balanced_accuracy']:.3f} / {test['auroc']:.3f}" if test else "-"
+        lines.append(f"| {out.name} | {s['mean_balanced_accuracy']:.3f} ({s['std_balanced_accuracy']:.3f}) | {per} | "
+                     f"{s['mean_auroc']:.3f} | {test_cell} |")
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="action", required=True)
+    r = sub.add_parser("run", help="train the four folds (and the in-domain run) of one recipe")
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--parallel", type=int, default=2)
+    r.add_argument("--in-domain", action="store_true", help="also train on the published split (test-split report)")
+    t = sub.add_parser("table", help="one markdown row per recipe directory")
+    t.add_argument("dirs", type=Path, nargs="+")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = p.parse_args(argv[: len(argv) - len(extra) - (1 if "--" in argv else 0)])
+    if args.action == "run":
+        failed = launch(jobs(args.out, extra, args.in_domain), args.parallel)
+        if failed:
+            print(f"error: folds failed: {', '.join(failed)} (see their stdout.log)", file=sys.stderr)
+            return 1
+        s = summarise(args.out)
+        print(json.dumps({k: v for k, v in s.items() if k != "folds"}, indent=1))
+        return 0
+    try:
+        print("\n".join(table(args.dirs)))
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
