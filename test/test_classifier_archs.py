@@ -145,3 +145,29 @@ def test_export_only_the_classifier_keeps_the_other_models(tmp_path):
     assert "classifier replaced" in after.provenance.notes and "train the resnet" in after.provenance.command
     with pytest.raises(export.ExportError, match="no checkpoint"):
         export.main(["--checkpoints", str(tmp_path / "none"), "--weights", str(weights), "--only", "detector"])
+
+
+def test_export_takes_the_threshold_for_the_plans_flip_views(tmp_path):
+    weights = tmp_path / "weights"
+    assert export.main(["--checkpoints", str(tmp_path / "none"), "--weights", str(weights)]) == 0
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    net = build_classifier(arch=RESNET_ARCH, width=8)
+    ckpt = {"arch": RESNET_ARCH, "config": {"width": 8}, "state_dict": net.state_dict(), "threshold": 0.4,
+            "thresholds_by_views": {"1": 0.2, "2": 0.3, "4": 0.4, "8": 0.45}, "metrics": {"product_views": 4}}
+    torch.save(ckpt, ckpts / "classifier.pt")
+    assert export.main(["--checkpoints", str(ckpts), "--weights", str(weights), "--only", "classifier",
+                        "--classifier-views", "2"]) == 0
+    after = Manifest.load(weights)
+    assert after.plan.classifier_views == 2 and after.thresholds.atypical_logit == pytest.approx(np.log(0.3 / 0.7))
+    assert export.main(["--checkpoints", str(ckpts), "--weights", str(weights), "--only", "classifier"]) == 0
+    assert Manifest.load(weights).plan.classifier_views == 2  # the plan's views are kept when not given
+    # a checkpoint tuned for 4 views only cannot be run with 8
+    del ckpt["thresholds_by_views"]
+    torch.save(ckpt, ckpts / "classifier.pt")
+    with pytest.raises(export.ExportError, match="no threshold for 8 flip views"):
+        export.main(["--checkpoints", str(ckpts), "--weights", str(weights), "--only", "classifier",
+                     "--classifier-views", "8"])
+    assert Manifest.load(weights).plan.classifier_views == 2  # nothing written: the weights still verify
+    Manifest.load(weights).verified_path(weights, Manifest.load(weights).classifier)
+    assert sorted(f.name for f in weights.iterdir()) == ["classifier.onnx", "detector.onnx", "manifest.json"]

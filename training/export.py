@@ -153,11 +153,21 @@ def parity(kind: str, net: nn.Module, path: Path, seed: int = 0) -> float:
         raise ExportError(f"{kind}: ONNX Runtime vs PyTorch: {exc}") from None
 
 
-def checkpoint_threshold_logit(ckpt: dict, kind: str) -> float:
+def checkpoint_threshold_logit(ckpt: dict, kind: str, views: int | None = None) -> float:
     """The operating threshold of a checkpoint as a logit (``threshold_logit``, or the logit of a
-    probability-valued ``threshold`` of older checkpoints)."""
+    probability-valued ``threshold`` of older checkpoints). For a classifier run with ``views``
+    flip views, the threshold chosen for that many views (``thresholds_by_views``); a checkpoint
+    that has none for it is refused unless it was tuned for ``views`` itself."""
     from mitosis_analysis.decision import logit
 
+    if kind == "classifier" and views is not None and ckpt:
+        by_views = ckpt.get("thresholds_by_views") or {}
+        if str(views) in by_views:
+            return float(logit(float(by_views[str(views)])))
+        tuned_for = (ckpt.get("metrics") or {}).get("product_views")
+        if tuned_for is not None and tuned_for != views:
+            raise ExportError(f"the classifier checkpoint has no threshold for {views} flip views "
+                              f"(tuned for {tuned_for}; thresholds_by_views: {sorted(by_views) or 'none'})")
     if "threshold_logit" in ckpt:
         return float(ckpt["threshold_logit"])
     if "threshold" in ckpt:
@@ -268,10 +278,13 @@ def provenance(exported: dict[str, Exported], command: str) -> dict:
     }
 
 
-def export_kind(kind: str, args: argparse.Namespace) -> Exported:
-    """One model from ``<checkpoints>/<kind>.pt`` (or random init) to ONNX, parity-checked."""
+def export_kind(kind: str, args: argparse.Namespace, views: int | None = None, path: Path | None = None) -> Exported:
+    """One model from ``<checkpoints>/<kind>.pt`` (or random init) to ONNX at ``path`` (default:
+    its file in ``args.weights``), parity-checked; its threshold for ``views`` flip views is
+    settled before anything is written."""
     net, ckpt, trained = load_model(kind, args.checkpoints / f"{kind}.pt")
-    path = args.weights / FILES[kind]
+    threshold = checkpoint_threshold_logit(ckpt, kind, views)
+    path = path or args.weights / FILES[kind]
     export_onnx(kind, net, path, args.opset)
     diff = parity(kind, net, path)
     source = args.checkpoints / f"{kind}.pt" if trained else "random init (no checkpoint)"
@@ -280,8 +293,7 @@ def export_kind(kind: str, args: argparse.Namespace) -> Exported:
     if not diff <= args.tolerance:
         path.unlink()
         raise ExportError(f"{kind}: ONNX Runtime differs from PyTorch by {diff:.2e} > {args.tolerance:.0e}")
-    return Exported(kind, path, net, trained, checkpoint_threshold_logit(ckpt, kind),
-                    sum(p.numel() for p in net.parameters()), diff, ckpt)
+    return Exported(kind, path, net, trained, threshold, sum(p.numel() for p in net.parameters()), diff, ckpt)
 
 
 THRESHOLD_KEYS = {"detector": "detection_logit", "classifier": "atypical_logit"}
@@ -294,20 +306,30 @@ def replace_one(kind: str, args: argparse.Namespace) -> Manifest:
     if not (args.checkpoints / f"{kind}.pt").is_file():
         raise ExportError(f"--only {kind}: no checkpoint {args.checkpoints / f'{kind}.pt'}")
     old = Manifest.load(args.weights)
-    e = export_kind(kind, args)
+    views = args.classifier_views or old.plan.classifier_views
+    staged = args.weights / (FILES[kind] + ".staged")  # the shipped file stays until all checks pass
+    try:
+        e = export_kind(kind, args, views, staged)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    final = args.weights / FILES[kind]
     record = provenance({kind: e}, args.command)
     before = old.provenance.model_dump()
     metrics = {**(before.get("metrics") or {}), kind: record["metrics"][kind]}
     note = f"{record['created'][:10]}: {kind} replaced by `{args.command}` ({args.checkpoints / f'{kind}.pt'})."
+    entry = {**model_entry(e, args.opset), "file": final.name}
     updated = Manifest.model_validate({
         **old.model_dump(),
-        kind: model_entry(e, args.opset),
+        kind: entry,
         "thresholds": {**old.thresholds.model_dump(), THRESHOLD_KEYS[kind]: e.threshold},
+        "plan": {**old.plan.model_dump(), "classifier_views": views},
         "provenance": {**before, "metrics": metrics, "git_commit": record["git_commit"], "created": record["created"],
                        "command": " && ".join(x for x in (before.get("command"), record["command"].split(" && ", 1)[-1]) if x),
                        "notes": " ".join(x for x in (before.get("notes"), note) if x),
                        "trained": bool(before.get("trained")) and e.trained},
     })
+    os.replace(staged, final)
     write_bytes_atomic(args.weights / MANIFEST_FILE, (updated.model_dump_json(indent=2) + "\n").encode())
     Manifest.load(args.weights).verified_path(args.weights, getattr(updated, kind))
     print(f"replaced the {kind} in {args.weights / MANIFEST_FILE}; the other models are unchanged", file=sys.stderr)
@@ -323,16 +345,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--command", default="./export.sh", help="recorded in the manifest")
     parser.add_argument("--only", choices=sorted(THRESHOLD_KEYS), default=None,
                         help="export this model only; the weights' other models and their records are kept")
+    parser.add_argument("--classifier-views", type=int, choices=(1, 2, 4, 8), default=None,
+                        help="flip views the product averages (the plan's classifier_views); the classifier's "
+                             "threshold is the checkpoint's for that many views (default: the plan's, 4 for new weights)")
     args = parser.parse_args(argv)
     args.weights.mkdir(parents=True, exist_ok=True)
 
     if args.only:
         replace_one(args.only, args)
         return 0
-    exported = {kind: export_kind(kind, args) for kind in ("detector", "classifier")}
+    plan = InferencePlan(**({"classifier_views": args.classifier_views} if args.classifier_views else {}))
+    exported = {kind: export_kind(kind, args, plan.classifier_views) for kind in ("detector", "classifier")}
 
     manifest = Manifest.model_validate({
         "spacing_mm": Settings().default_spacing_mm,
+        "plan": plan.model_dump(),
         "detector": model_entry(exported["detector"], args.opset),
         "classifier": model_entry(exported["classifier"], args.opset),
         "thresholds": {"detection_logit": exported["detector"].threshold,
