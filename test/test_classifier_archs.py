@@ -116,7 +116,8 @@ def test_lodo_folds_summary_and_table(tmp_path):
     assert s["std_balanced_accuracy"] == pytest.approx(np.std([0.7, 0.8, 0.75, 0.85], ddof=1))
     assert s["in_domain_test"]["balanced_accuracy"] == 0.81
     assert json.loads((out / "lodo.json").read_text())["folds"]["TUPAC16"]["balanced_accuracy"] == 0.85
-    row = lodo.table([out])[-1]
+    row = lodo.table([out], tmp_path / "all.json")[-1]
+    assert json.loads((tmp_path / "all.json").read_text())["recipe"]["mean_auroc"] == pytest.approx(0.875)
     assert row.startswith("| recipe | 0.775 (0.065) | 0.700 | 0.800 | 0.750 | 0.850 | 0.875 | 0.810 / 0.900 |")
 
 

@@ -16,7 +16,8 @@ flip views) and their mean and spread.
 
 ``table`` prints one markdown row per recipe directory (its command, the mean and per-domain
 held-out BA, the mean AUROC) and, where the folder holds one, the in-domain run's test-split
-figures (``<out>/in-domain/metrics.json``, trained by ``--in-domain`` on the published split).
+figures (``<out>/in-domain/metrics.json``, trained by ``--in-domain`` on the published split);
+``--json FILE`` saves the recipes' summaries as one file.
 """
 
 from __future__ import annotations
@@ -86,17 +87,21 @@ def summarise(out: Path) -> dict:
     return result
 
 
-def table(dirs: list[Path]) -> list[str]:
+def table(dirs: list[Path], json_path: Path | None = None) -> list[str]:
+    """Markdown rows of the recipes in ``dirs``; with ``json_path`` their summaries saved there too."""
     short = {name: name.replace("MIDOG21 ", "").replace("Hamamatsu ", "") for name in DOMAINS}
     lines = ["| recipe | LODO mean BA (sd) | " + " | ".join(short.values()) + " | LODO mean AUROC | in-domain test BA / AUROC |",
              "| --- " * (len(DOMAINS) + 4) + "|"]
+    summaries = {}
     for out in dirs:
-        s = summarise(out)
+        s = summaries[out.name] = summarise(out)
         per = " | ".join(f"{s['folds'][name]['balanced_accuracy']:.3f}" for name in DOMAINS)
         test = s.get("in_domain_test")
         test_cell = f"{test['balanced_accuracy']:.3f} / {test['auroc']:.3f}" if test else "-"
         lines.append(f"| {out.name} | {s['mean_balanced_accuracy']:.3f} ({s['std_balanced_accuracy']:.3f}) | {per} | "
                      f"{s['mean_auroc']:.3f} | {test_cell} |")
+    if json_path is not None:
+        runtime.write_json(summaries, json_path)
     return lines
 
 
@@ -109,6 +114,7 @@ def main(argv=None) -> int:
     r.add_argument("--in-domain", action="store_true", help="also train on the published split (test-split report)")
     t = sub.add_parser("table", help="one markdown row per recipe directory")
     t.add_argument("dirs", type=Path, nargs="+")
+    t.add_argument("--json", type=Path, default=None, help="also save the recipes' summaries (lodo.json) here, as one file")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = p.parse_args(argv[: len(argv) - len(extra) - (1 if "--" in argv else 0)])
@@ -121,7 +127,7 @@ def main(argv=None) -> int:
         print(json.dumps({k: v for k, v in s.items() if k != "folds"}, indent=1))
         return 0
     try:
-        print("\n".join(table(args.dirs)))
+        print("\n".join(table(args.dirs, args.json)))
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
