@@ -76,7 +76,8 @@ def summarise(out: Path) -> dict:
         raise FileNotFoundError(f"{out}: no finished fold for {', '.join(missing)}")
     ba = np.array([f["balanced_accuracy"] for f in folds.values()])
     au = np.array([f["auroc"] for f in folds.values()])
-    command = (out / fold_name(0) / "command.txt").read_text().strip() if (out / fold_name(0) / "command.txt").is_file() else ""
+    command_file = out / fold_name(0) / "command.txt"
+    command = command_file.read_text().strip() if command_file.is_file() else ""
     result = {"command": command, "folds": folds, "mean_balanced_accuracy": float(ba.mean()),
               "std_balanced_accuracy": float(ba.std(ddof=1)), "mean_auroc": float(au.mean()),
               "std_auroc": float(au.std(ddof=1))}

@@ -325,7 +325,7 @@ def replace_one(kind: str, args: argparse.Namespace) -> Manifest:
         "thresholds": {**old.thresholds.model_dump(), THRESHOLD_KEYS[kind]: e.threshold},
         "plan": {**old.plan.model_dump(), "classifier_views": views},
         "provenance": {**before, "metrics": metrics, "git_commit": record["git_commit"], "created": record["created"],
-                       "command": " && ".join(x for x in (before.get("command"), record["command"].split(" && ", 1)[-1]) if x),
+                       "command": " && ".join(x for x in (before.get("command"), record["command"]) if x),
                        "notes": " ".join(x for x in (before.get("notes"), note) if x),
                        "trained": bool(before.get("trained")) and e.trained},
     })

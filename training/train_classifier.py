@@ -181,7 +181,6 @@ def train(
         model_config = {"arch": cfg.arch, "width": cfg.width, "dropout": cfg.dropout, "mean": list(mean), "std": list(std)}
         if cfg.depths:
             model_config["depths"] = [int(d) for d in cfg.depths.split(",")]
-    model_config.setdefault("arch", ARCH)  # checkpoints of before the arch was configurable
     net = build_classifier(**model_config).to(memory_format=torch.channels_last)
     if cfg.init:
         net.load_state_dict(start["state_dict"])
