@@ -76,6 +76,53 @@ def test_random_resized_crop():
     torch.testing.assert_close(aug.random_resized_crop(flat, 0.3, g), flat)
 
 
+def test_mixup_blends_images_and_targets_with_one_weight():
+    images = torch.stack([torch.full((3, 8, 8), v) for v in (0.0, 1.0, 0.5)])
+    y, h = torch.tensor([0.0, 1.0, 1.0]), torch.tensor([1.0, 0.0, 0.0])
+    perm = torch.tensor([1, 0, 2])
+    mixed, (ym, hm), lam = aug.mix_pairs(images, (y, h), "mixup", 0.75, perm)
+    assert lam == 0.75
+    torch.testing.assert_close(mixed[:, 0, 0, 0], torch.tensor([0.25, 0.75, 0.5]))
+    torch.testing.assert_close(ym, torch.tensor([0.25, 0.75, 1.0]))
+    torch.testing.assert_close(hm, torch.tensor([0.75, 0.25, 0.0]))
+    same, targets, one = aug.mix_pairs(images, (y,), "none", 0.6, perm)
+    assert same is images and targets[0] is y and one == 1.0
+
+
+def test_cutmix_pastes_the_partners_box_and_weights_by_its_area():
+    images = torch.stack([torch.zeros(3, 10, 10), torch.ones(3, 10, 10)])
+    y = torch.tensor([0.0, 1.0])
+    mixed, (ym,), lam = aug.mix_pairs(images, (y,), "cutmix", 0.9, torch.tensor([1, 0]), box=(2, 7, 0, 4))
+    assert lam == pytest.approx(1 - 20 / 100)
+    assert float(mixed[0].sum()) == 3 * 20 and float(mixed[0, :, 2:7, 0:4].min()) == 1.0  # the box, nothing else
+    torch.testing.assert_close(ym, torch.tensor([0.2, 0.8]))
+    with pytest.raises(ValueError, match="unknown mix mode"):
+        aug.mix_pairs(images, (y,), "mosaic", 0.9, torch.tensor([1, 0]))
+
+
+@pytest.mark.parametrize("mode", ["mixup", "cutmix"])
+def test_random_mix_keeps_each_sample_mostly_itself(mode):
+    rng = np.random.default_rng(0)
+    images = torch.stack([torch.full((3, 32, 32), float(i)) for i in range(6)])
+    y = torch.arange(6, dtype=torch.float32)
+    for _ in range(20):
+        mixed, (ym,), lam = aug.random_mix(images, (y,), mode, 0.4, rng)
+        assert 0.5 <= lam <= 1.0
+        if mode == "cutmix":  # the sample's own pixels: the weight exactly (1 where paired with itself)
+            own = (mixed == images).float().mean(dim=(1, 2, 3))
+            assert all(o == pytest.approx(lam, abs=1e-6) or o == 1.0 for o in own.tolist())
+        torch.testing.assert_close(mixed.mean(dim=(1, 2, 3)), ym)  # constant images: pixels mix like targets
+
+
+def test_train_config_refuses_unknown_mix_and_augment(capsys):
+    from training import train_classifier as tc
+
+    with pytest.raises(ValueError, match="--mix 'mosaic'"):
+        tc.TrainConfig(mix="mosaic")
+    assert tc.main(["--augment", "widest"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --augment 'widest': one of default, wide"]
+
+
 def _crop(dataset: str, slide: str, uid: int, atypical: bool = False) -> amibr.Crop:
     return amibr.Crop(dataset, uid, slide, 0, 0, (atypical,) * 3, atypical, Path(f"{uid}.jpg"))
 
@@ -102,6 +149,7 @@ def test_lodo_folds_summary_and_table(tmp_path):
     out = tmp_path / "recipe"
     jobs = lodo.jobs(out, ["--arch", RESNET_ARCH], in_domain=True)
     assert len(jobs) == len(amibr.DOMAINS) + 1
+    assert next(iter(jobs)) == lodo.IN_DOMAIN  # started first: the shipping decision waits on it
     for d in range(len(amibr.DOMAINS)):
         cmd, run_dir = jobs[lodo.fold_name(d)]
         assert cmd[-2:] == ["--holdout-domain", str(d)] and "--arch" in cmd and run_dir == out / lodo.fold_name(d)

@@ -182,7 +182,7 @@ def test_leave_one_domain_out_training_never_sees_the_held_out_domain(tmp_path, 
     monkeypatch.setattr(amibr, "load_crops", spy)
     held_out = amibr.DOMAINS.index("MIDOG21 Aperio CS2")
     cfg = tc.TrainConfig(epochs=1, batch_size=8, arch=RESNET_ARCH, width=8, limit=48, threads=1, seed=0,
-                         holdout_domain=held_out, augment="wide", rrc_min_scale=0.6)
+                         holdout_domain=held_out, augment="wide", rrc_min_scale=0.6, mix="cutmix")
     ckpt = tc.train(cfg, DATA, tmp_path / "run", tmp_path / "classifier.pt", log=lambda m: None)
     fit, val, test = loaded[:3]  # the order train() reads them in
     assert all(c.domain != held_out for c in fit + val)

@@ -299,3 +299,51 @@ def augment(images: torch.Tensor, config: AugmentConfig, g: torch.Generator) -> 
         (images,) = random_dihedral(images, g=g)
     images = random_resized_crop(images, config.rrc_min_scale, g)
     return augment_photometric(images, config, g)
+
+
+# --- mixing pairs of samples (mixup, cutmix) ----------------------------------------------------
+
+MIX_MODES = ("none", "mixup", "cutmix")
+
+
+def mix_pairs(images: torch.Tensor, targets: tuple[torch.Tensor, ...], mode: str, lam: float,
+              perm: torch.Tensor, box: tuple[int, int, int, int] | None = None,
+              ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], float]:
+    """Each image mixed with ``images[perm]``: ``mixup`` blends the pixels (weight ``lam`` on the
+    image itself, Zhang et al. 2018); ``cutmix`` pastes the partner's pixels inside ``box`` = (y0,
+    y1, x0, x1) (Yun et al. 2019), and the weight becomes the area left, exactly. Soft ``targets``
+    (per-sample floats) are mixed with the same weight, which is returned; ``none`` returns the
+    inputs and 1."""
+    if mode == "none":
+        return images, targets, 1.0
+    if mode == "mixup":
+        mixed = lam * images + (1.0 - lam) * images[perm]
+    elif mode == "cutmix":
+        if box is None:
+            raise ValueError("cutmix needs a box")
+        y0, y1, x0, x1 = box
+        mixed = images.clone()
+        mixed[..., y0:y1, x0:x1] = images[perm][..., y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / (images.shape[-2] * images.shape[-1])
+    else:
+        raise ValueError(f"unknown mix mode {mode!r}; one of {MIX_MODES}")
+    return mixed, tuple(lam * t + (1.0 - lam) * t[perm] for t in targets), lam
+
+
+def random_mix(images: torch.Tensor, targets: tuple[torch.Tensor, ...], mode: str, alpha: float,
+               rng: np.random.Generator) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], float]:
+    """:func:`mix_pairs` with one weight per batch drawn from Beta(alpha, alpha) and folded to >= 0.5
+    (each sample stays mostly itself, so per-sample labels such as its domain still hold), a random
+    pairing, and for ``cutmix`` a box of area 1 - weight, centred at random and clipped."""
+    if mode == "none":
+        return images, targets, 1.0
+    lam = float(rng.beta(alpha, alpha))
+    lam = max(lam, 1.0 - lam)
+    perm = torch.from_numpy(rng.permutation(images.shape[0])).to(images.device)
+    box = None
+    if mode == "cutmix":
+        h, w = images.shape[-2:]
+        ch, cw = int(round(h * math.sqrt(1 - lam))), int(round(w * math.sqrt(1 - lam)))
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+        box = (max(cy - ch // 2, 0), min(cy + ch - ch // 2, h), max(cx - cw // 2, 0), min(cx + cw - cw // 2, w))
+    return mix_pairs(images, targets, mode, lam, perm, box)

@@ -13,7 +13,9 @@ maximises balanced accuracy on validation, for the number of flip views the prod
 (``Settings.classifier_tta``), and for 1, 2, 4 and 8 views as well (``thresholds_by_views``).
 ``--adversarial W`` adds a domain-adversarial term (``training/adversarial.py``: a domain classifier
 on the pooled features behind a gradient-reversal layer; domains: three MIDOG21 scanners, TUPAC16).
-``--device`` picks cpu or cuda (default: cuda when available).
+``--augment wide`` and ``--rrc-min-scale`` widen the augmentation; ``--mix mixup|cutmix`` mixes pairs
+of samples and their targets (``augment.random_mix``). ``--device`` picks cpu or cuda (default:
+cuda when available).
 
 ``--init CHECKPOINT`` starts from a previous run's selected weights instead (a warm restart: new
 warm-up and cosine cycle, same normalisation); the checkpoint's ``initialisation`` says so.
@@ -55,6 +57,9 @@ from training import runtime  # noqa: E402
 VIEWS = (1, 2, 4, 8)
 
 
+AUGMENTS = {"default": aug.AugmentConfig, "wide": aug.AugmentConfig.wide}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 60
@@ -78,6 +83,10 @@ class TrainConfig:
     # grayscale blending, wider stain/contrast/focus); rrc_min_scale < 1 adds random resized crops.
     augment: str = "default"
     rrc_min_scale: float = 1.0
+    # Mixing pairs of training samples (training.augment.MIX_MODES: none, mixup, cutmix), one
+    # Beta(mix_alpha, mix_alpha) weight per batch; the atypical and hardness targets are mixed too.
+    mix: str = "none"
+    mix_alpha: float = 0.4
     # Leave one domain out (index into training.data.DOMAINS, -1: off): train and validate on the
     # other domains' training-split crops; every crop of the held-out domain (both splits) takes the
     # test split's place in the final report.
@@ -94,6 +103,12 @@ class TrainConfig:
     # Start from this checkpoint's weights (a warm restart: a new warm-up + cosine cycle) instead
     # of random initialisation; its normalisation and architecture config are kept.
     init: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTS:
+            raise ValueError(f"--augment {self.augment!r}: one of {', '.join(AUGMENTS)}")
+        if self.mix not in aug.MIX_MODES:
+            raise ValueError(f"--mix {self.mix!r}: one of {', '.join(aug.MIX_MODES)}")
 
 
 # --- pure pieces --------------------------------------------------------------------------------
@@ -203,7 +218,7 @@ def train(
     warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, warmup_steps))
     aug_config = dataclasses.replace(
-        {"default": aug.AugmentConfig, "wide": aug.AugmentConfig.wide}[cfg.augment](), rrc_min_scale=cfg.rrc_min_scale)
+        AUGMENTS[cfg.augment](), rrc_min_scale=cfg.rrc_min_scale)
     gen = aug.generator(cfg.seed, device)
     x_fit_device = torch.from_numpy(x_fit).to(device)
     y_fit_device, h_fit_device, d_fit_device = (torch.from_numpy(a).to(device) for a in (y_fit, h_fit, d_fit))
@@ -221,10 +236,12 @@ def train(
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             batch = torch.from_numpy(idx).to(device)
             images = aug.augment(aug.to_float(x_fit_device[batch]), aug_config, gen)
+            images, (y_batch, h_batch), _ = aug.random_mix(images, (y_fit_device[batch], h_fit_device[batch]),
+                                                           cfg.mix, cfg.mix_alpha, rng)
             logit, hard_logit, features = net.logits(images.contiguous(memory_format=torch.channels_last),
                                                      return_features=True)
-            loss = focal_loss(logit, y_fit_device[batch], cfg.focal_gamma)
-            loss = loss + cfg.hardness_weight * F.binary_cross_entropy_with_logits(hard_logit, h_fit_device[batch])
+            loss = focal_loss(logit, y_batch, cfg.focal_gamma)
+            loss = loss + cfg.hardness_weight * F.binary_cross_entropy_with_logits(hard_logit, h_batch)
             if domain_head is not None:
                 strength = adversarial.ramp(step / max(1, total_steps))
                 domain_logits = domain_head(features, strength)
@@ -313,7 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = {"int | None": int, "float | None": float, "str | None": str}.get(str(f.type), eval(str(f.type)))  # noqa: S307
         ap.add_argument("--" + f.name.replace("_", "-"), type=kind, default=getattr(defaults, f.name))
     args = ap.parse_args(argv)
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    try:
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     command = "python -m training.train_classifier " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     try:
         train(cfg, args.data, args.out, args.checkpoint, command)
