@@ -323,7 +323,7 @@ def mix_pairs(images: torch.Tensor, targets: tuple[torch.Tensor, ...], mode: str
             raise ValueError("cutmix needs a box")
         y0, y1, x0, x1 = box
         mixed = images.clone()
-        mixed[..., y0:y1, x0:x1] = images[perm][..., y0:y1, x0:x1]
+        mixed[..., y0:y1, x0:x1] = images[..., y0:y1, x0:x1][perm]  # gather the box only
         lam = 1.0 - (y1 - y0) * (x1 - x0) / (images.shape[-2] * images.shape[-1])
     else:
         raise ValueError(f"unknown mix mode {mode!r}; one of {MIX_MODES}")
