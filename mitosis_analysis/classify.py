@@ -56,12 +56,18 @@ def tta_views(crops: np.ndarray, n_views: int) -> list[np.ndarray]:
     return views
 
 
-def classify_crops(classifier: Classifier, crops: np.ndarray, batch_size: int, n_views: int = 1) -> np.ndarray:
-    """Mean P(atypical) over ``n_views`` flip views, computed in batches."""
+def mean_over_views(score: Callable[[np.ndarray], np.ndarray], crops: np.ndarray, batch_size: int,
+                    n_views: int = 1) -> np.ndarray:
+    """Mean of ``score`` (one value per crop) over ``n_views`` flip views, computed in batches."""
     if len(crops) == 0:
         return np.zeros(0, np.float32)
     total = np.zeros(len(crops), np.float64)
     for view in tta_views(crops, n_views):
         for start in range(0, len(view), batch_size):
-            total[start : start + batch_size] += classifier(view[start : start + batch_size])
+            total[start : start + batch_size] += score(view[start : start + batch_size])
     return (total / n_views).astype(np.float32)
+
+
+def classify_crops(classifier: Classifier, crops: np.ndarray, batch_size: int, n_views: int = 1) -> np.ndarray:
+    """Mean P(atypical) over ``n_views`` flip views, computed in batches."""
+    return mean_over_views(classifier, crops, batch_size, n_views)

@@ -101,6 +101,9 @@ class InferencePlan(BaseModel):
     crop_size: int = Field(default=128, ge=8)
     # Test-time augmentation of the classifier by flips (1 = off, 2, 4 or 8 views).
     classifier_views: Literal[1, 2, 4, 8] = 4
+    # Test-time augmentation of the verifier (stage 2): its logit averaged over this many flip views;
+    # thresholds.verification_logit was chosen for this number.
+    verifier_views: Literal[1, 2, 4, 8] = 1
     # Classify every candidate, not only the "mitotic figures".
     classify_all_candidates: bool = False
 

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .candidates import Candidate, map_candidates
-from .classify import classify_crops, extract_crops
+from .classify import classify_crops, extract_crops, mean_over_views
 from .decision import is_mitosis, logit
 from .inference import Models
 from .readers import RoiImage
@@ -140,15 +140,16 @@ def verify_candidates(
     timer: StageTimer | None = None,
 ) -> list[Candidate]:
     """Stage 2, when the weights have a verifier: ``verification_logit`` of every candidate from a
-    crop centred on it (``pixels`` at model spacing). Without a verifier, candidates pass unchanged."""
+    crop centred on it (``pixels`` at model spacing), the mean over ``plan.verifier_views`` flip
+    views. Without a verifier, candidates pass unchanged."""
     if models.verifier is None or not candidates:
         return list(candidates)
     timer = timer or StageTimer()
     with timer.stage("verification"):
         centres = np.array([[c.x, c.y] for c in candidates], np.float64)
         crops = extract_crops(pixels, centres, models.manifest.verifier.input_size)
-        z = np.concatenate([models.verification_logit(crops[i : i + settings.classifier_batch_size])
-                            for i in range(0, len(crops), settings.classifier_batch_size)])
+        z = mean_over_views(models.verification_logit, crops, settings.classifier_batch_size,
+                            models.manifest.plan.verifier_views)
     return [replace(c, verification_logit=float(zi)) for c, zi in zip(candidates, z)]
 
 

@@ -119,6 +119,8 @@ def test_train_config_refuses_unknown_mix_and_augment(capsys):
 
     with pytest.raises(ValueError, match="--mix 'mosaic'"):
         tc.TrainConfig(mix="mosaic")
+    with pytest.raises(ValueError, match="--precision 'fp16': one of fp32, bf16"):
+        tc.TrainConfig(precision="fp16")
     assert tc.main(["--augment", "widest"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["error: --augment 'widest': one of default, wide"]
 

@@ -156,9 +156,11 @@ def test_few_step_adversarial_training_feeds_the_domain_head(tmp_path, monkeypat
         return real_domain_loss(logits, domains)
 
     monkeypatch.setattr(adversarial, "domain_loss", spy)
-    cfg = tc.TrainConfig(epochs=1, batch_size=8, width=8, limit=48, threads=1, seed=0, adversarial=0.1, device="cpu")
+    cfg = tc.TrainConfig(epochs=1, batch_size=8, width=8, limit=48, threads=1, seed=0, adversarial=0.1, device="cpu",
+                         precision="bf16")  # the domain head runs under autocast too
     ckpt = tc.train(cfg, DATA, tmp_path / "run", tmp_path / "classifier.pt", log=lambda m: None)
     assert ckpt["train_config"]["adversarial"] == 0.1
+    assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert seen and all(shape == (8, len(amibr.DOMAINS)) and d.shape == (8,) for shape, d in seen)
     assert set(torch.cat([d for _, d in seen]).tolist()) <= set(range(len(amibr.DOMAINS)))
     assert len({d for _, ds in seen for d in ds.tolist()}) > 1  # the fit crops come from several domains

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import model
-from mitosis_analysis.classify import extract_crops
+from mitosis_analysis.classify import extract_crops, tta_views
 from mitosis_analysis.evaluate.detection import DetectionCounts
 from model.verifier import INPUT_SIZE, Verifier
 from training import augment as aug
@@ -144,8 +144,10 @@ def test_evaluate_and_report_on_the_real_fields_with_perfect_scores(tmp_path):
         decoys = np.array([[5.0, 5.0], [2000.0, 5.0]])
         rows += [(i, x, y, 0.9, 5.0) for x, y in f.mitoses] + [(i, x, y, 0.9, -5.0) for x, y in decoys]
     a = np.array(rows)
-    scores = {"field": a[:, 0].astype(int), "xy": a[:, 1:3], "stage1": a[:, 3], "logit": a[:, 4]}
+    scores = {"field": a[:, 0].astype(int), "xy": a[:, 1:3], "stage1": a[:, 3], "logit": a[:, 4],
+              "logit_views_8": -a[:, 4]}  # 8 flip views: every decoy above every mitosis
     result = tv.evaluate(scores, SHARED_DATA, "02")
+    result["by_views"] = {"8": tv.evaluate(scores, SHARED_DATA, "02", key="logit_views_8")}
     assert result["heldout"]["at_chosen"]["f1"] == 1.0
     assert -5.0 < result["chosen_on_training_slides"]["threshold"] <= 5.0
     run = tmp_path / "loso_02"
@@ -154,7 +156,46 @@ def test_evaluate_and_report_on_the_real_fields_with_perfect_scores(tmp_path):
     (run / "result.json").write_text(__import__("json").dumps({**result, "train_seconds": 1.0}))
     summary = verifier_report.variant_summary([run], fields)
     assert summary["pooled_at_chosen"]["f1"] == 1.0 and summary["pooled_oracle"]["f1"] == 1.0
+    assert summary["pooled_at_out_of_fold_threshold"]["thresholds"] == {}  # one fold: no other slide to choose on
+    run01 = tmp_path / "loso_01"
+    run01.mkdir()
+    np.savez(run01 / "scores.npz", **scores)
+    (run01 / "result.json").write_text(__import__("json").dumps({**tv.evaluate(scores, SHARED_DATA, "01"),
+                                                                 "train_seconds": 1.0}))
+    two = verifier_report.variant_summary([run01, run], fields)
+    assert set(two["pooled_at_out_of_fold_threshold"]["thresholds"]) == {"01", "02"}
+    assert two["pooled_at_out_of_fold_threshold"]["f1"] == 1.0
     assert "| loso |" in verifier_report.markdown({"loso": summary})
+    inverted = verifier_report.variant_summary([run], fields, views=8)
+    assert summary["pooled_at_chosen"]["fp"] == 0 and inverted["pooled_at_chosen"]["fp"] > 0
+    assert inverted["pooled_oracle"]["f1"] < 1.0
+    with pytest.raises(SystemExit, match="no scores with 4 flip views"):
+        verifier_report.variant_summary([run], fields, views=4)
+    other = tmp_path / "other_02"  # an ensemble member that is sure of the mitoses only
+    other.mkdir()
+    one_view = {k: v for k, v in scores.items() if k != "logit_views_8"}
+    np.savez(other / "scores.npz", **{**one_view, "logit": np.where(a[:, 4] > 0, 20.0, 0.0)})
+    (other / "result.json").write_text((run / "result.json").read_text())
+    name = verifier_report.ensemble_runs(tmp_path, ["loso", "other"], SHARED_DATA)
+    merged = dict(np.load(tmp_path / "loso+other_02" / "scores.npz"))
+    np.testing.assert_allclose(merged["logit"], np.where(a[:, 4] > 0, 12.5, -2.5))
+    assert "logit_views_8" not in merged  # only what every member scored
+    ensemble = verifier_report.variant_summary([tmp_path / f"{name}_02"], fields)
+    assert name == "loso+other" and ensemble["pooled_at_chosen"]["f1"] == 1.0
+
+
+def test_logits_by_views_average_the_product_views():
+    """train_verifier scores held-out candidates as the product does with plan.verifier_views:
+    the mean logit over the first n dihedral views."""
+    torch.manual_seed(0)
+    net = Verifier(width=4).eval()
+    crops = np.random.default_rng(1).integers(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    by_views = tv.logits_by_views(net, crops)
+    assert sorted(by_views) == [1, 2, 4, 8]
+    np.testing.assert_allclose(by_views[1], tv.logits_of(net, crops), rtol=1e-6)
+    each = [tv.logits_of(net, v) for v in tta_views(crops, 8)]
+    np.testing.assert_allclose(by_views[8], np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(by_views[4], np.mean(each[:4], axis=0), rtol=1e-5, atol=1e-6)
 
 
 def test_a_trained_verifier_installs_into_weights_and_the_product_uses_it(tmp_path, synthetic_weights):
@@ -178,12 +219,13 @@ def test_a_trained_verifier_installs_into_weights_and_the_product_uses_it(tmp_pa
     shutil.copytree(synthetic_weights, weights)
     description, ckpt = export_verifier.export_checkpoint(checkpoint, tmp_path / "out" / "verifier.onnx", timing=False)
     installed = export_verifier.install_verifier(weights, tmp_path / "out" / "verifier.onnx", description,
-                                                 ckpt["threshold"], ckpt["verify_floor"], note="test")
+                                                 ckpt["threshold"], ckpt["verify_floor"], note="test", views=8)
     manifest = Manifest.load(weights)
     assert manifest == installed
     assert manifest.verifier.output_name == "logit" and manifest.verifier.input_size == INPUT_SIZE
     assert manifest.verifier.input_format == "uint8-nhwc"  # beside float32 NCHW synthetic models
     assert manifest.thresholds.verification_logit == 1.5
+    assert manifest.plan.verifier_views == 8  # the threshold was chosen on the mean of 8 flip views
     assert manifest.thresholds.candidate_floor_logit == pytest.approx(float(logit(0.2)))
     assert manifest.provenance.notes.endswith("test")
     settings = Settings(weights_dir=weights, device="cpu")
@@ -193,5 +235,10 @@ def test_a_trained_verifier_installs_into_weights_and_the_product_uses_it(tmp_pa
     pixels[100:112, 100:112] = 30  # a dark blob: a candidate of the synthetic detector
     candidates = analyse_roi(RoiImage(pixels, (0.00025, 0.00025), False, tmp_path / "roi.tif"), models, settings)
     assert candidates and all(c.verification_logit is not None for c in candidates)
+    for c in candidates:  # the logit of each candidate: the mean over the 8 flip views of its crop
+        views = tta_views(extract_crops(pixels, np.array([[c.x, c.y]]), INPUT_SIZE), 8)
+        expected = np.mean([models.verification_logit(v)[0] for v in views])
+        assert c.verification_logit == pytest.approx(expected, abs=1e-5)
+        assert abs(models.verification_logit(views[0])[0] - expected) > 1e-4  # the views do differ
     crops = np.stack([pixels[100 - 26:100 + 38, 100 - 26:100 + 38]])  # any 64 px crop: the graph runs
     assert models.verification_logit(crops).shape == (1,)

@@ -59,9 +59,10 @@ def export_verifier(net: torch.nn.Module, path: Path, opset: int = 17, tolerance
 
 
 def install_verifier(weights_dir: Path, onnx_path: Path, description: dict, threshold_logit: float,
-                     verify_floor: float, note: str = "", metrics: dict | None = None) -> Manifest:
+                     verify_floor: float, note: str = "", metrics: dict | None = None, views: int = 1) -> Manifest:
     """Add the verifier to the weights in ``weights_dir``: the ONNX file copied in, a ``verifier``
-    entry in the manifest, ``thresholds.verification_logit`` and the candidate floor raised to
+    entry in the manifest, ``thresholds.verification_logit`` (chosen for the mean logit over
+    ``views`` flip views, which becomes ``plan.verifier_views``) and the candidate floor raised to
     ``verify_floor`` (the stage-1 probability the verifier was trained to judge: candidates below
     it are neither verified nor reported). The manifest is validated before it is written."""
     weights_dir = Path(weights_dir)
@@ -80,6 +81,7 @@ def install_verifier(weights_dir: Path, onnx_path: Path, description: dict, thre
     all_metrics = {**(manifest.provenance.metrics or {}), **(metrics or {})} or None
     updated = Manifest.model_validate({**manifest.model_dump(), "verifier": entry.model_dump(),
                                        "thresholds": thresholds.model_dump(),
+                                       "plan": {**manifest.plan.model_dump(), "verifier_views": views},
                                        "provenance": {**manifest.provenance.model_dump(), "notes": notes,
                                                       "metrics": all_metrics}})
     write_json(json.loads(updated.model_dump_json()), weights_dir / MANIFEST_FILE)
@@ -149,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--install-into", type=Path, default=None, metavar="WEIGHTS_DIR",
                         help="also add the verifier to these weights (manifest entry, threshold, floor)")
     parser.add_argument("--threshold", type=float, default=None, help="verification logit threshold (with --install-into)")
+    parser.add_argument("--views", type=int, default=None, choices=(1, 2, 4, 8),
+                        help="flip views the threshold was chosen for (plan.verifier_views; default: the checkpoint's)")
     parser.add_argument("--verify-floor", type=float, default=None,
                         help="stage-1 probability floor (with --install-into; default: the checkpoint's)")
     parser.add_argument("--heldout", type=Path, default=None,
@@ -174,9 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             metrics = {"verifier_leave_one_slide_out_icpr2012_A": {
                 "command": "python -m training.verifier_heldout", "pooled": report["pooled"],
                 "per_slide": report["per_slide"]}}
+        views = args.views or int(ckpt.get("views", 1))
         install_verifier(args.install_into, args.out, description, args.threshold, floor,
                          note=f"Verifier {args.checkpoint} installed by `python -m training.export_verifier` "
-                              f"(threshold logit {args.threshold:g}, stage-1 floor {floor:g}).", metrics=metrics)
+                              f"(threshold logit {args.threshold:g} on the mean of {views} flip view(s), "
+                              f"stage-1 floor {floor:g}).", metrics=metrics, views=views)
         print(f"installed into {args.install_into}", file=sys.stderr)
     if args.copy_to:
         args.copy_to.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,8 @@ maximises balanced accuracy on validation, for the number of flip views the prod
 on the pooled features behind a gradient-reversal layer; domains: three MIDOG21 scanners, TUPAC16).
 ``--augment wide`` and ``--rrc-min-scale`` widen the augmentation; ``--mix mixup|cutmix`` mixes pairs
 of samples and their targets (``augment.random_mix``). ``--device`` picks cpu or cuda (default:
-cuda when available).
+cuda when available); ``--precision bf16`` trains under bfloat16 autocast (about twice as fast on
+CPUs with AVX-512 BF16; weights, validation and export stay float32).
 
 ``--init CHECKPOINT`` starts from a previous run's selected weights instead (a warm restart: new
 warm-up and cosine cycle, same normalisation); the checkpoint's ``initialisation`` says so.
@@ -58,6 +59,7 @@ VIEWS = (1, 2, 4, 8)
 
 
 AUGMENTS = {"default": aug.AugmentConfig, "wide": aug.AugmentConfig.wide}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,10 @@ class TrainConfig:
     # test split's place in the final report.
     holdout_domain: int = -1
     threads: int = 1
+    # Arithmetic of the training forward/backward pass: "fp32", or "bf16" (autocast; weights, the
+    # optimiser, validation and the exported model stay float32). On this project's CPUs (AVX-512
+    # BF16) bf16 halves the time of a ResNet-18-layout w32 step.
+    precision: str = "fp32"
     # Weight of the domain-adversarial term (0: off).
     adversarial: float = 0.1
     # "auto" (cuda when available), "cpu", "cuda", "cuda:N".
@@ -109,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"--augment {self.augment!r}: one of {', '.join(AUGMENTS)}")
         if self.mix not in aug.MIX_MODES:
             raise ValueError(f"--mix {self.mix!r}: one of {', '.join(aug.MIX_MODES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision {self.precision!r}: one of {', '.join(PRECISIONS)}")
 
 
 # --- pure pieces --------------------------------------------------------------------------------
@@ -238,14 +246,17 @@ def train(
             images = aug.augment(aug.to_float(x_fit_device[batch]), aug_config, gen)
             images, (y_batch, h_batch), _ = aug.random_mix(images, (y_fit_device[batch], h_fit_device[batch]),
                                                            cfg.mix, cfg.mix_alpha, rng)
-            logit, hard_logit, features = net.logits(images.contiguous(memory_format=torch.channels_last),
-                                                     return_features=True)
-            loss = focal_loss(logit, y_batch, cfg.focal_gamma)
-            loss = loss + cfg.hardness_weight * F.binary_cross_entropy_with_logits(hard_logit, h_batch)
-            if domain_head is not None:
-                strength = adversarial.ramp(step / max(1, total_steps))
-                domain_logits = domain_head(features, strength)
-                loss = loss + cfg.adversarial * adversarial.domain_loss(domain_logits, d_fit_device[batch])
+            with torch.autocast(device.type, dtype=PRECISIONS[cfg.precision] or torch.float32,
+                                enabled=PRECISIONS[cfg.precision] is not None):
+                logit, hard_logit, features = net.logits(images.contiguous(memory_format=torch.channels_last),
+                                                         return_features=True)
+                domain_logits = None
+                if domain_head is not None:
+                    domain_logits = domain_head(features, adversarial.ramp(step / max(1, total_steps)))
+            loss = focal_loss(logit.float(), y_batch, cfg.focal_gamma)
+            loss = loss + cfg.hardness_weight * F.binary_cross_entropy_with_logits(hard_logit.float(), h_batch)
+            if domain_logits is not None:
+                loss = loss + cfg.adversarial * adversarial.domain_loss(domain_logits.float(), d_fit_device[batch])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -44,7 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from mitosis_analysis.classify import extract_crops  # noqa: E402
+from mitosis_analysis.classify import extract_crops, mean_over_views  # noqa: E402
 from mitosis_analysis.evaluate.detection import DetectionCounts, count_matches  # noqa: E402
 from model.verifier import ARCH, INPUT_SIZE, build_verifier  # noqa: E402
 from training import augment as aug  # noqa: E402
@@ -54,7 +54,12 @@ from training import real_fields as rf  # noqa: E402
 from training import runtime  # noqa: E402
 from training.train_classifier import focal_loss, lr_factor  # noqa: E402
 
-POOL_SIZE = INPUT_SIZE + 8
+JITTER = 4  # px: the crop's centre moves up to this far from the candidate while training
+POOL_SIZE = INPUT_SIZE + 2 * JITTER
+# Flip views the held-out candidates are scored with (``mitosis_analysis.classify.tta_views``): the
+# mean logit over the first n of the 8 dihedral views, for each n here (the product's
+# ``plan.verifier_views`` is one of them).
+SCORED_VIEWS = (1, 2, 4, 8)
 POSITIVE_SOURCES = ("icpr_pos", "amibr_pos", "ma_pos")
 NEGATIVE_SOURCES = ("cand_A", "cand_H", "rand_A", "amibr_neg", "ma_neg")
 SOURCE_WEIGHTS = {"icpr_pos": 0.4, "amibr_pos": 0.4, "ma_pos": 0.2,
@@ -64,6 +69,7 @@ SOURCES = POSITIVE_SOURCES + NEGATIVE_SOURCES
 # reaches this (recall 0.942 on the 35 A fields, as at the product floor; ~110 candidates per Mpx).
 VERIFY_FLOOR = 0.2
 RANDOM_PER_FIELD = 40
+CORNER_INSET = 36  # px: where AMi-Br crops give an easy negative (see build_pool)
 
 
 # --- the pool of crops ----------------------------------------------------------------------------
@@ -116,8 +122,12 @@ def build_pool(data: Path, cache: Path, verify_floor: float = VERIFY_FLOOR, size
     add(extract_crops_each(pixels, np.tile([[c, c]], (len(table), 1)), size), "amibr_pos", "")
     annotations = label_lib.slide_annotations(table, label_lib.midogpp_points(data / label_lib.MIDOGPP_FILE))
     radius = label_lib.MATCH_RADIUS_UM / label_lib.SPACING_UM
-    corners = np.array([[size // 2, size // 2], [amibr.CROP_SIZE - size // 2, size // 2],
-                        [size // 2, amibr.CROP_SIZE - size // 2], [amibr.CROP_SIZE - size // 2] * 2], dtype=float)
+    # a point CORNER_INSET px in from each corner of the 128 px crop (40 px from its centre, which is
+    # > 7.5 um): at any pool size, the window is centred there (larger windows reach beyond the crop
+    # and are mirrored by ``extract_crops``, and may show the figure off-centre, as stage 1's
+    # candidates beside a mitosis do)
+    lo, hi = CORNER_INSET, amibr.CROP_SIZE - CORNER_INSET
+    corners = np.array([[lo, lo], [hi, lo], [lo, hi], [hi, hi]], dtype=float)
     neg_idx, neg_xy = [], []
     for i, crop in enumerate(table):
         mitoses, hard = label_lib.crop_points(crop, annotations)
@@ -147,12 +157,12 @@ def extract_crops_each(images: np.ndarray, centres_xy: np.ndarray, size: int) ->
     return out
 
 
-def load_pool(data: Path, cache: Path, verify_floor: float) -> dict:
-    path = cache / f"verifier_pool_{verify_floor:g}_{POOL_SIZE}.npz"
+def load_pool(data: Path, cache: Path, verify_floor: float, size: int = POOL_SIZE) -> dict:
+    path = cache / f"verifier_pool_{verify_floor:g}_{size}.npz"
     if path.is_file():
         z = np.load(path)
         return {k: z[k] for k in z.files}
-    pool = build_pool(data, cache, verify_floor)
+    pool = build_pool(data, cache, verify_floor, size)
     tmp = path.with_name(path.stem + ".tmp.npz")
     np.savez(tmp, **pool)
     tmp.replace(path)
@@ -198,11 +208,17 @@ def logits_of(net, crops: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def logits_by_views(net, crops: np.ndarray, views=SCORED_VIEWS) -> dict[int, np.ndarray]:
+    """For each n of ``views``: the mean logit over the first n flip views, as the product averages
+    them (``mitosis_analysis.classify.mean_over_views``)."""
+    return {n: mean_over_views(lambda x: logits_of(net, x), crops, 256, n) for n in views}
+
+
 def train(pool: dict, allowed: np.ndarray, args) -> torch.nn.Module:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     g = aug.generator(args.seed)
-    net = build_verifier(width=args.width, input_size=INPUT_SIZE)
+    net = build_verifier(width=args.width, input_size=args.input_size)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     weights = dict(SOURCE_WEIGHTS)
     for item in args.weight:
@@ -218,7 +234,7 @@ def train(pool: dict, allowed: np.ndarray, args) -> torch.nn.Module:
         for group in opt.param_groups:
             group["lr"] = args.lr * lr_factor(step, args.steps, warmup=50)
         idx = sample(pool, allowed, weights, args.batch, rng)
-        crops = random_window(pool["images"][idx], INPUT_SIZE, rng)
+        crops = random_window(pool["images"][idx], args.input_size, rng)
         if not args.no_aug:
             crops = aug.jpeg_reencode(crops, (40, 95), 0.3, rng)
         x = aug.to_float(torch.from_numpy(crops))
@@ -240,16 +256,18 @@ def train(pool: dict, allowed: np.ndarray, args) -> torch.nn.Module:
 # --- evaluation on the fields ---------------------------------------------------------------------
 
 
-def score_fields(net, data: Path, cache: Path, verify_floor: float) -> dict:
-    """Logit of every scanner-A candidate (score >= verify_floor), per field."""
+def score_fields(net, data: Path, cache: Path, verify_floor: float, views: int = 1) -> dict:
+    """Logit of every scanner-A candidate (score >= verify_floor), per field: ``logit`` with
+    ``views`` flip views, and ``logit_views_<n>`` for each n of ``SCORED_VIEWS``."""
     rows = []
     for i, field in enumerate(rf.icpr_fields(data, ("A",))):
         loaded = rf.load_field(field, cache)
         c = field_candidates(field, verify_floor, cache)
-        logit = logits_of(net, extract_crops(loaded.pixels, c[:, :2], INPUT_SIZE))
-        rows.append(np.c_[np.full(len(c), i), c, logit])
+        by_views = logits_by_views(net, extract_crops(loaded.pixels, c[:, :2], net.input_size))
+        rows.append(np.c_[np.full(len(c), i), c, by_views[views], *(by_views[n] for n in SCORED_VIEWS)])
     a = np.concatenate(rows)
-    return {"field": a[:, 0].astype(int), "xy": a[:, 1:3], "stage1": a[:, 3], "logit": a[:, 4]}
+    return {"field": a[:, 0].astype(int), "xy": a[:, 1:3], "stage1": a[:, 3], "logit": a[:, 4],
+            **{f"logit_views_{n}": a[:, 5 + k] for k, n in enumerate(SCORED_VIEWS)}}
 
 
 def f1_by_threshold(fields: list[rf.Field], scores: dict, keep_fields: list[int], thresholds: np.ndarray,
@@ -274,26 +292,26 @@ def best(thresholds: np.ndarray, counts: list[DetectionCounts]) -> tuple[float, 
     return float(thresholds[k]), counts[k]
 
 
-def evaluate(scores: dict, data: Path, holdout: str | None) -> dict:
+def evaluate(scores: dict, data: Path, holdout: str | None, key: str = "logit") -> dict:
     fields = rf.icpr_fields(data, ("A",))
     thresholds = np.round(np.arange(-6.0, 8.0001, 0.25), 2)
     test = [i for i, f in enumerate(fields) if f.slide == holdout]
     trainf = [i for i, f in enumerate(fields) if f.slide != holdout]
-    chosen_t, on_train = best(thresholds, f1_by_threshold(fields, scores, trainf, thresholds))
+    chosen_t, on_train = best(thresholds, f1_by_threshold(fields, scores, trainf, thresholds, key=key))
     result = {"holdout": holdout, "thresholds_searched": [float(thresholds[0]), float(thresholds[-1]), 0.25],
               "chosen_on_training_slides": {"threshold": chosen_t, **on_train.as_dict()}}
     if test:
-        sweep = f1_by_threshold(fields, scores, test, thresholds)
+        sweep = f1_by_threshold(fields, scores, test, thresholds, key=key)
         oracle_t, oracle = best(thresholds, sweep)
         k = int(np.argmin(np.abs(thresholds - chosen_t)))
         zero = int(np.argmin(np.abs(thresholds)))
         result["heldout"] = {"fields": len(test), "mitoses": int(sum(len(fields[i].mitoses) for i in test)),
                              "at_chosen": sweep[k].as_dict(), "at_logit_0": sweep[zero].as_dict(),
                              "oracle": {"threshold": oracle_t, **oracle.as_dict()},
-                             "stage1_recall_at_verify_floor": f1_by_threshold(fields, scores, test, [-1e9])[0].as_dict(),
+                             "stage1_recall_at_verify_floor": f1_by_threshold(fields, scores, test, [-1e9], key=key)[0].as_dict(),
                              "sweep_f1": [c.f1 for c in sweep]}
         # per-field counts at the chosen threshold, for pooling over folds
-        result["heldout"]["per_field"] = {fields[i].name: f1_by_threshold(fields, scores, [i], [chosen_t])[0].as_dict()
+        result["heldout"]["per_field"] = {fields[i].name: f1_by_threshold(fields, scores, [i], [chosen_t], key=key)[0].as_dict()
                                           for i in test}
     return result
 
@@ -310,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--gamma", type=float, default=0.0, help="focal loss gamma (0 = BCE)")
     parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--input-size", type=int, default=INPUT_SIZE, help="crop side in px at 0.25 um/px")
+    parser.add_argument("--views", type=int, default=1, choices=SCORED_VIEWS,
+                        help="flip views averaged for the run's own threshold and result (the product's plan.verifier_views)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--drop", action="append", default=[], choices=SOURCES,
                         help="ablation: leave this source out (repeatable), e.g. --drop cand_H")
@@ -321,21 +342,22 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    pool = load_pool(args.data, args.cache, args.verify_floor)
+    pool = load_pool(args.data, args.cache, args.verify_floor, args.input_size + 2 * JITTER)
     allowed = pool["slide"] != (args.holdout or "none")
     counts = {s: int((allowed & (pool["source"] == s)).sum()) for s in SOURCES}
     print(f"pool: {counts} ({time.perf_counter() - t0:.0f} s)", flush=True)
     net = train(pool, allowed, args)
     train_s = time.perf_counter() - t0
-    scores = score_fields(net, args.data, args.cache, args.verify_floor)
+    scores = score_fields(net, args.data, args.cache, args.verify_floor, args.views)
     np.savez(args.out / "scores.npz", **scores)
     result = evaluate(scores, args.data, args.holdout)
+    result["by_views"] = {str(n): evaluate(scores, args.data, args.holdout, key=f"logit_views_{n}") for n in SCORED_VIEWS}
     result.update({"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                    "pool_counts": counts, "train_seconds": round(train_s, 1)})
     runtime.write_json(result, args.out / "result.json")
     command = "python -m training.train_verifier " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     runtime.save_checkpoint({
-        "arch": ARCH, "config": {"width": args.width, "input_size": INPUT_SIZE,
+        "arch": ARCH, "views": args.views, "config": {"width": args.width, "input_size": args.input_size,
                                  "mean": net.mean.flatten().tolist(), "std": net.std.flatten().tolist()},
         "state_dict": net.state_dict(), "threshold": result["chosen_on_training_slides"]["threshold"],
         "verify_floor": args.verify_floor, "metrics": result, "command": command,

@@ -57,8 +57,9 @@ def fold_weights(run: Path, shipped: Path, into: Path) -> Manifest:
     onnx = Path(tempfile.mkdtemp()) / "verifier.onnx"
     description, ckpt = export_verifier.export_checkpoint(run / "verifier.pt", onnx, timing=False)
     floor = float(result["args"]["verify_floor"])
+    views = int(ckpt.get("views", 1))
     threshold = float(result["chosen_on_training_slides"]["threshold"])
-    return export_verifier.install_verifier(into, onnx, description, threshold, floor)
+    return export_verifier.install_verifier(into, onnx, description, threshold, floor, views=views)
 
 
 def evaluate(weights: Path, runs: Path, data: Path, slides: tuple[str, ...]) -> dict:
