@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import model
-from mitosis_analysis.classify import extract_crops, tta_views
+from mitosis_analysis.classify import extract_crops, mean_over_views, tta_views
 from mitosis_analysis.evaluate.detection import DetectionCounts
 from model.verifier import INPUT_SIZE, Verifier
 from training import augment as aug
@@ -194,6 +194,8 @@ def test_logits_by_views_average_the_product_views():
     assert sorted(by_views) == [1, 2, 4, 8]
     np.testing.assert_allclose(by_views[1], tv.logits_of(net, crops), rtol=1e-6)
     each = [tv.logits_of(net, v) for v in tta_views(crops, 8)]
+    product = mean_over_views(lambda x: tv.logits_of(net, x), crops, 2, 8)  # what verify_candidates takes
+    np.testing.assert_allclose(by_views[8], product, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(by_views[8], np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(by_views[4], np.mean(each[:4], axis=0), rtol=1e-5, atol=1e-6)
 

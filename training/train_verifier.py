@@ -44,7 +44,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from mitosis_analysis.classify import extract_crops, mean_over_views  # noqa: E402
+from mitosis_analysis.classify import extract_crops, tta_views  # noqa: E402
 from mitosis_analysis.evaluate.detection import DetectionCounts, count_matches  # noqa: E402
 from model.verifier import ARCH, INPUT_SIZE, build_verifier  # noqa: E402
 from training import augment as aug  # noqa: E402
@@ -209,9 +209,10 @@ def logits_of(net, crops: np.ndarray, batch: int = 256) -> np.ndarray:
 
 
 def logits_by_views(net, crops: np.ndarray, views=SCORED_VIEWS) -> dict[int, np.ndarray]:
-    """For each n of ``views``: the mean logit over the first n flip views, as the product averages
-    them (``mitosis_analysis.classify.mean_over_views``)."""
-    return {n: mean_over_views(lambda x: logits_of(net, x), crops, 256, n) for n in views}
+    """For each n of ``views``: the mean logit over the first n flip views (``tta_views``), the mean
+    the product takes (``mitosis_analysis.classify.mean_over_views``); each view is inferred once."""
+    each = [logits_of(net, v).astype(np.float64) for v in tta_views(crops, max(views))]
+    return {n: np.mean(each[:n], axis=0).astype(np.float32) for n in views}
 
 
 def train(pool: dict, allowed: np.ndarray, args) -> torch.nn.Module:
