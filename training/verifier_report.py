@@ -76,8 +76,8 @@ def variant_summary(runs: list[Path], fields: list[rf.Field], views: int | None 
     zero = sweep[int(np.argmin(np.abs(thresholds)))]
     # The out-of-fold rule: each held-out slide judged at the threshold that is best on the other
     # slides' out-of-fold scores (each scored by the run that did not see it). A fold's own training
-    # slides choose too low a threshold (their negatives were trained on); this rule is the one the
-    # shipped verifier's threshold follows (best F1 on all five slides' out-of-fold scores). Slide s's
+    # slides are scored by a network trained on their negatives; out-of-fold scores are not, and they
+    # are what a shipped verifier's threshold would be chosen on (best F1 on all five slides). Slide s's
     # labels still reach the threshold of fold s through the other runs' training: a mild leak.
     oof, oof_thresholds = DetectionCounts(), {}
     for s in sorted(held):
