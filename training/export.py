@@ -379,11 +379,11 @@ def main(argv: list[str] | None = None) -> int:
 
         description, ckpt = export_verifier.export_checkpoint(verifier, args.weights / export_verifier.VERIFIER_FILE,
                                                               args.opset, args.tolerance, timing=False)
+        views = int(ckpt.get("views", 1))  # checkpoints before --views were thresholded on one view
         export_verifier.install_verifier(args.weights, args.weights / export_verifier.VERIFIER_FILE, description,
-                                         ckpt["threshold"], ckpt["verify_floor"], views=int(ckpt.get("views", 1)),
+                                         ckpt["threshold"], ckpt["verify_floor"], views=views,
                                          note=f"Verifier {verifier} (threshold logit {ckpt['threshold']:g} on the "
-                                              f"mean of {ckpt.get('views', 1)} flip view(s), stage-1 floor "
-                                              f"{ckpt['verify_floor']:g}).")
+                                              f"mean of {views} flip view(s), stage-1 floor {ckpt['verify_floor']:g}).")
         print(f"installed the verifier {verifier} into {args.weights}", file=sys.stderr)
     return 0
 

@@ -55,7 +55,14 @@ from training import runtime  # noqa: E402
 from training.train_classifier import focal_loss, lr_factor  # noqa: E402
 
 JITTER = 4  # px: the crop's centre moves up to this far from the candidate while training
-POOL_SIZE = INPUT_SIZE + 2 * JITTER
+
+
+def pool_size(input_size: int) -> int:
+    """Side of the stored crops for a verifier input of ``input_size`` px: room for the jitter."""
+    return input_size + 2 * JITTER
+
+
+POOL_SIZE = pool_size(INPUT_SIZE)
 # Flip views the held-out candidates are scored with (``mitosis_analysis.classify.tta_views``): the
 # mean logit over the first n of the 8 dihedral views, for each n here (the product's
 # ``plan.verifier_views`` is one of them).
@@ -343,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    pool = load_pool(args.data, args.cache, args.verify_floor, args.input_size + 2 * JITTER)
+    pool = load_pool(args.data, args.cache, args.verify_floor, pool_size(args.input_size))
     allowed = pool["slide"] != (args.holdout or "none")
     counts = {s: int((allowed & (pool["source"] == s)).sum()) for s in SOURCES}
     print(f"pool: {counts} ({time.perf_counter() - t0:.0f} s)", flush=True)
@@ -351,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     train_s = time.perf_counter() - t0
     scores = score_fields(net, args.data, args.cache, args.verify_floor, args.views)
     np.savez(args.out / "scores.npz", **scores)
-    result = evaluate(scores, args.data, args.holdout)
-    result["by_views"] = {str(n): evaluate(scores, args.data, args.holdout, key=f"logit_views_{n}") for n in SCORED_VIEWS}
+    by_views = {str(n): evaluate(scores, args.data, args.holdout, key=f"logit_views_{n}") for n in SCORED_VIEWS}
+    result = {**by_views[str(args.views)], "by_views": by_views}  # ``logit`` is the --views column
     result.update({"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                    "pool_counts": counts, "train_seconds": round(train_s, 1)})
     runtime.write_json(result, args.out / "result.json")

@@ -69,7 +69,7 @@ def variant_summary(runs: list[Path], fields: list[rf.Field], views: int | None 
     if views is not None:
         scores["logit"] = scores[f"logit_views_{views}"]
     thresholds = np.round(np.arange(-6.0, 8.0001, 0.25), 2)
-    held = {json.loads((run / "result.json").read_text())["holdout"] for run in runs}
+    held = set(folds)  # the held-out slides
     all_fields = [i for i, f in enumerate(fields) if f.slide in held]
     sweep = f1_by_threshold(fields, scores, all_fields, thresholds)
     oracle_t, oracle = best(thresholds, sweep)
