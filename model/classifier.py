@@ -71,12 +71,21 @@ class _TwoHeads(nn.Module):
     """What every classifier here shares: normalisation in the graph, pooled ``features`` of a
     backbone, dropout, the atypical and hardness heads, and ``forward`` = sigmoid(atypical)."""
 
-    def _init_heads(self, features: int, dropout: float, mean, std) -> None:
+    def _init_heads(self, features: int, dropout: float, mean, std, phases: int = 0) -> None:
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.dropout = nn.Dropout(dropout)
         self.atypical_head = nn.Linear(features, 1)
         self.hardness_head = nn.Linear(features, 1)
+        # An auxiliary head for the experts' mitotic phase (``phases`` classes; 0: none). Training
+        # only: ``forward`` and the exported graph never use it.
+        self.phase_head = nn.Linear(features, phases) if phases else None
+
+    def phase_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """N x phases logits of the auxiliary phase head from pooled ``features`` (see ``logits``)."""
+        if self.phase_head is None:
+            raise ValueError("this classifier was built without a phase head (phases=0)")
+        return self.phase_head(self.dropout(features))
 
     def features(self, image: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -127,7 +136,9 @@ class AtypicalClassifier(_TwoHeads):
 class ResNetClassifier(_TwoHeads):
     """Plain ResNet (basic blocks): 7x7/2 stem + 3x3/2 max pool, ``depths`` blocks per stage at
     widths w, 2w, 4w, 8w (the first block of stages 2-4 strided, with a projection shortcut),
-    global average pooling."""
+    global average pooling; ``phases`` > 0 adds the auxiliary phase head. ``stem_pool=False``
+    drops the max pool: every stage at twice the resolution (a 128-px crop ends in 8x8 instead of
+    4x4), about four times the arithmetic."""
 
     def __init__(
         self,
@@ -136,11 +147,14 @@ class ResNetClassifier(_TwoHeads):
         dropout: float = 0.3,
         mean: tuple[float, float, float] = DEFAULT_MEAN,
         std: tuple[float, float, float] = DEFAULT_STD,
+        stem_pool: bool = True,
+        phases: int = 0,
     ) -> None:
         super().__init__()
         widths = [width * 2**i for i in range(len(depths))]
+        pool = [nn.MaxPool2d(3, stride=2, padding=1)] if stem_pool else []
         self.stem = nn.Sequential(nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+                                  nn.ReLU(inplace=True), *pool)
         blocks, c_in = [], width
         for i, (c_out, depth) in enumerate(zip(widths, depths)):
             for j in range(depth):
@@ -150,7 +164,7 @@ class ResNetClassifier(_TwoHeads):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        self._init_heads(c_in, dropout, mean, std)
+        self._init_heads(c_in, dropout, mean, std, phases)
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem((image - self.mean) / self.std)).mean(dim=(2, 3))

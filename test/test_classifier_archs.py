@@ -121,8 +121,35 @@ def test_train_config_refuses_unknown_mix_and_augment(capsys):
         tc.TrainConfig(mix="mosaic")
     with pytest.raises(ValueError, match="--precision 'fp16': one of fp32, bf16"):
         tc.TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="--sampling 'natural': one of balanced, shuffle"):
+        tc.TrainConfig(sampling="natural")
+    with pytest.raises(ValueError, match="--stem-pool 0: 1, or 0 with --arch atypical-resnet-v1"):
+        tc.TrainConfig(stem_pool=0)  # the default arch has no max pool to drop
     assert tc.main(["--augment", "widest"]) == 2
-    assert capsys.readouterr().err.strip().splitlines() == ["error: --augment 'widest': one of default, wide"]
+    assert capsys.readouterr().err.strip().splitlines() == ["error: --augment 'widest': one of default, wide, light"]
+
+
+def test_resnet_without_stem_pool_keeps_twice_the_resolution():
+    pooled = build_classifier(arch=RESNET_ARCH, width=8)
+    unpooled = build_classifier(arch=RESNET_ARCH, width=8, stem_pool=False)
+    assert pooled.state_dict().keys() == unpooled.state_dict().keys()  # same weights, no pool
+    with torch.no_grad():
+        x = torch.rand(1, 3, 128, 128)
+        assert pooled.blocks(pooled.stem(x)).shape == (1, 64, 4, 4)
+        assert unpooled.blocks(unpooled.stem(x)).shape == (1, 64, 8, 8)
+
+
+def test_light_augmentation_jitters_colour_but_never_stain_or_focus():
+    light = aug.AugmentConfig.light()
+    assert light.p_hed == 0.0 and light.p_blur == 0.0 and light.p_gray == 0.0 and light.dihedral
+    g = aug.generator(0)
+    flat = torch.full((64, 3, 8, 8), 0.5)
+    flat[:, 0] = 0.6  # a pinkish flat image: hue and saturation have something to move
+    out = aug.augment_photometric(flat, light, g)
+    per_image = out.flatten(2)
+    assert float((per_image.amax(2) - per_image.amin(2)).max()) < 1e-6  # no blur/sharpen texture, no spatial change
+    assert float((out - flat).abs().amax(dim=(1, 2, 3)).min()) < 1e-6  # some images left alone (p = 0.8 each)
+    assert float((out - flat).abs().amax()) > 0.05  # and others clearly jittered
 
 
 def _crop(dataset: str, slide: str, uid: int, atypical: bool = False) -> amibr.Crop:

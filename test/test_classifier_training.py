@@ -61,6 +61,24 @@ def test_metrics():
     assert ba == 1.0 and 0.2 < thr < 0.7
 
 
+def test_equal_error_threshold_balances_sensitivity_and_specificity():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.3, 0.6, 0.2, 0.1, 0.05])
+    # balanced accuracy peaks at 0.875 twice (t = 0.25: sens 1, spec 3/4; t = 0.65: sens 3/4, spec 1);
+    # only between 0.3 and 0.6 are sensitivity and specificity equal (3/4 each)
+    assert ev.best_threshold(y, p) == (pytest.approx(0.65), 0.875)
+    thr, ba = ev.equal_error_threshold(y, p)
+    assert thr == pytest.approx(0.45) and ba == 0.75
+    m = ev.binary_metrics(y, p, thr)
+    assert m["sensitivity"] == m["specificity"] == 0.75
+    # the same scores with three times the normal crops (prevalence 50 % -> 25 %): the same threshold
+    y3, p3 = np.concatenate([y, np.zeros(8, int)]), np.concatenate([p, np.tile(p[4:], 2)])
+    assert ev.equal_error_threshold(y3, p3) == (thr, ba)
+    assert ev.operating_threshold is ev.equal_error_threshold and ev.THRESHOLD_RULE == "equal-error"
+    thr, ba = ev.equal_error_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.7, 0.9]))
+    assert ba == 1.0 and 0.2 < thr < 0.7  # separable: sens = spec = 1 between the classes
+
+
 def test_focal_loss_and_balanced_sampling():
     logit = torch.tensor([-2.0, 0.5, 3.0])
     target = torch.tensor([0.0, 1.0, 1.0])
@@ -167,6 +185,31 @@ def test_few_step_adversarial_training_feeds_the_domain_head(tmp_path, monkeypat
     # the domain head is not part of the saved model
     assert set(ckpt["state_dict"]) == set(build_classifier(arch=ARCH, width=8).state_dict())
     assert np.isfinite(ckpt["history"][0]["train_loss"])
+
+
+@needs_data
+def test_phase_head_and_vote_targets_train_and_stay_out_of_the_graph(tmp_path, monkeypatch):
+    from model.classifier import RESNET_ARCH
+
+    seen = []
+    real_ce = tc.F.cross_entropy
+
+    def spy(logits, target, *args, **kwargs):
+        seen.append((tuple(logits.shape), target.clone()))
+        return real_ce(logits, target, *args, **kwargs)
+
+    monkeypatch.setattr(tc.F, "cross_entropy", spy)
+    cfg = tc.TrainConfig(epochs=1, batch_size=8, arch=RESNET_ARCH, width=8, limit=48, threads=1, seed=0,
+                         phase_weight=0.5, target="votes", sampling="shuffle", augment="light", adversarial=0.0)
+    ckpt = tc.train(cfg, DATA, tmp_path / "run", tmp_path / "classifier.pt", log=lambda m: None)
+    assert seen and all(shape == (8, len(amibr.PHASES)) for shape, _ in seen)
+    torch.testing.assert_close(torch.cat([t for _, t in seen]).sum(1), torch.ones(8 * len(seen)))  # distributions
+    assert ckpt["config"]["phases"] == len(amibr.PHASES)
+    net = build_classifier(arch=ckpt["arch"], **ckpt["config"])
+    net.load_state_dict(ckpt["state_dict"])
+    assert "phase_head.weight" in ckpt["state_dict"]
+    graph = torch.jit.trace(net.eval(), torch.rand(1, 3, 128, 128))
+    assert "phase_head" not in str(graph.inlined_graph)  # p_atypical alone; the export carries no phase head
 
 
 @needs_data

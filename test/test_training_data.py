@@ -30,8 +30,9 @@ def test_table_matches_published_counts(table):
     assert len(table) == 3720
     assert sum(c.atypical for c in table) == 832
     assert all(c.path.is_file() for c in table[:: 97])
-    # the hardness flag follows the votes
+    # the hardness flag follows the votes; both experts gave every crop a phase label
     assert all(c.hard == (0 < sum(c.votes) < 3) for c in table)
+    assert all(len(c.phases) == 2 for c in table)
 
 
 @needs_data
@@ -88,8 +89,26 @@ def test_missing_table_is_a_clear_error(tmp_path):
 
 def test_inconsistent_majority_is_rejected(tmp_path):
     header = ",slide,dataset,uid,x,y,expert1_label,expert2_label,expert1_atypical,expert2_atypical,expert3_atypical,majority_atypical\n"
-    (tmp_path / amibr.TABLE_FILE).write_text(header + "0,a.tiff,MIDOG21,1,5,5,x,y,True,True,False,False\n")
+    (tmp_path / amibr.TABLE_FILE).write_text(header + "0,a.tiff,MIDOG21,1,5,5,AMF other,NMF metaphase,True,True,False,False\n")
     with pytest.raises(amibr.DataError, match="majority"):
+        amibr.load_table(tmp_path, check_files=False)
+
+
+def test_phase_labels_become_soft_targets(tmp_path):
+    header = ",slide,dataset,uid,x,y,expert1_label,expert2_label,expert1_atypical,expert2_atypical,expert3_atypical,majority_atypical\n"
+    rows = ["0,a.tiff,MIDOG21,1,5,5,AMF other,NMF metaphase,True,False,True,True",
+            "1,a.tiff,MIDOG21,2,5,5,NMF metaphase,NMF metaphase,False,False,False,False",
+            "2,a.tiff,MIDOG21,3,5,5,NMF metaphase,,False,False,False,False"]
+    (tmp_path / amibr.TABLE_FILE).write_text(header + "\n".join(rows) + "\n")
+    crops = amibr.load_table(tmp_path, check_files=False)
+    targets = amibr.phase_targets(crops)
+    other, meta = amibr.PHASES.index("AMF other"), amibr.PHASES.index("NMF metaphase")
+    assert targets.shape == (3, 8) and targets.dtype == np.float32
+    assert targets[0, other] == targets[0, meta] == 0.5 and targets[0].sum() == 1.0  # the two experts disagree
+    assert targets[1, meta] == 1.0 and targets[2, meta] == 1.0  # agreement, and one expert's label alone
+    np.testing.assert_allclose(amibr.vote_fractions(crops), [2 / 3, 0.0, 0.0])
+    (tmp_path / amibr.TABLE_FILE).write_text(header + rows[0].replace("AMF other", "AMF tripolar") + "\n")
+    with pytest.raises(amibr.DataError, match="unknown phase label 'AMF tripolar'"):
         amibr.load_table(tmp_path, check_files=False)
 
 

@@ -247,6 +247,13 @@ class AugmentConfig:
                    p_hsv=0.6, p_gray=0.1)
 
     @classmethod
+    def light(cls) -> "AugmentConfig":
+        """Symmetries and a colour jitter only (no stain jitter, no blur): the recipe of a plain
+        ImageNet-style baseline, torchvision's ``ColorJitter(0.2, 0.2, 0.2, 0.05)`` in spirit."""
+        return cls(p_hed=0.0, brightness=0.2, contrast=0.2, p_brightness_contrast=0.8, p_blur=0.0,
+                   hue=0.05 * 2 * math.pi, saturation=0.2, p_hsv=0.8)
+
+    @classmethod
     def strong(cls) -> "AugmentConfig":
         return cls(hed_sigma=0.1, hed_bias=0.1, p_hed=1.0, brightness=0.15, contrast=0.3,
                    p_brightness_contrast=0.8, p_blur=0.3)

@@ -72,15 +72,41 @@ def threshold_sweep(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray) -> dic
             "balanced_accuracy": (sens + spec) / 2}
 
 
+def _candidate_thresholds(p: np.ndarray) -> np.ndarray:
+    """0, the midpoints between consecutive distinct scores, and 1."""
+    s = np.unique(np.asarray(p, dtype=np.float64))
+    return np.concatenate([[0.0], (s[:-1] + s[1:]) / 2, [1.0]]) if len(s) > 1 else np.array([0.5])
+
+
 def best_threshold(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     """(threshold, balanced accuracy) maximising balanced accuracy; candidates are midpoints between
     consecutive distinct scores; among equal optima the one closest to the median optimum wins."""
-    s = np.unique(np.asarray(p, dtype=np.float64))
-    candidates = np.concatenate([[0.0], (s[:-1] + s[1:]) / 2, [1.0]]) if len(s) > 1 else np.array([0.5])
+    candidates = _candidate_thresholds(p)
     ba = threshold_sweep(y, p, candidates)["balanced_accuracy"]
     best = np.flatnonzero(ba >= ba.max() - 1e-12)
     i = best[len(best) // 2]
     return float(candidates[i]), float(ba[i])
+
+
+def equal_error_threshold(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    """(threshold, balanced accuracy) where sensitivity and specificity are closest to equal (the
+    ROC curve's equal-error point); among equally close candidates the best balanced accuracy, then
+    the middle one. Like the maximum of balanced accuracy it does not depend on the prevalence, but
+    it sits where the ROC curve crosses the diagonal sens = spec instead of at the argmax of a flat,
+    noisy curve: chosen on validation it carried better to held-out domains (training/README.md)."""
+    candidates = _candidate_thresholds(p)
+    sweep = threshold_sweep(y, p, candidates)
+    gap = np.abs(sweep["sensitivity"] - sweep["specificity"])
+    close = np.flatnonzero(gap <= gap.min() + 1e-12)
+    ba = sweep["balanced_accuracy"][close]
+    best = close[ba >= ba.max() - 1e-12]
+    i = best[len(best) // 2]
+    return float(candidates[i]), float(sweep["balanced_accuracy"][i])
+
+
+# The rule that sets every shipped classifier's operating threshold on validation (``evaluate_views``).
+THRESHOLD_RULE = "equal-error"
+operating_threshold = equal_error_threshold
 
 
 # --- prediction ---------------------------------------------------------------------------------
@@ -111,14 +137,14 @@ def predict(net: torch.nn.Module, crops: np.ndarray, n_views: int = 1, batch_siz
 
 def evaluate_views(net: torch.nn.Module, x_val: np.ndarray, y_val: np.ndarray, x_test: np.ndarray,
                    y_test: np.ndarray, views: Sequence[int]) -> dict:
-    """For each number of flip views: the operating threshold (best balanced accuracy on
-    validation) and the metrics there on validation and on test. Returns ``thresholds``
+    """For each number of flip views: the operating threshold (``operating_threshold`` on
+    validation: the equal-error point) and the metrics there on validation and on test. Returns ``thresholds``
     (``{"n": t}``), ``validation`` and ``test`` (``{"views_n": metrics}``) and ``probs``
     (``{n: (p_val, p_test)}``); :func:`views_summary` turns it into log lines."""
     out = {"thresholds": {}, "validation": {}, "test": {}, "probs": {}}
     for n in views:
         p_val, p_test = predict(net, x_val, n_views=n), predict(net, x_test, n_views=n)
-        t, _ = best_threshold(y_val, p_val)
+        t, _ = operating_threshold(y_val, p_val)
         out["thresholds"][str(n)] = t
         out["validation"][f"views_{n}"] = binary_metrics(y_val, p_val, t)
         out["test"][f"views_{n}"] = binary_metrics(y_test, p_test, t)

@@ -35,6 +35,10 @@ N_TEST = 826
 # training ROIs were scanned by slide number: 001-050 Hamamatsu XR, 051-100 Hamamatsu S360,
 # 101-150 Aperio ScanScope CS2 (Aubreville et al., MIDOG 2021). TUPAC16 (several centres, the
 # scanner per case is not in the table) counts as one domain.
+# The experts' phase labels in AMI-BR.csv (expert1_label, expert2_label): four normal (NMF) and
+# four atypical (AMF) classes, spelled as the table spells them.
+PHASES = ("NMF prometaphase", "NMF metaphase", "NMF anaphase-telophase", "NMF ring shape",
+          "AMF segregation", "AMF multipolar", "AMF bipolar assymetric", "AMF other")
 DOMAINS = ("MIDOG21 Hamamatsu XR", "MIDOG21 Hamamatsu S360", "MIDOG21 Aperio CS2", "TUPAC16")
 
 
@@ -54,6 +58,7 @@ class Crop:
     votes: tuple[bool, bool, bool]  # the three experts' atypical votes
     atypical: bool  # majority of the three votes
     path: Path
+    phases: tuple[str, ...] = ()  # the phase labels (PHASES) of the experts who gave one
 
     @property
     def name(self) -> str:
@@ -114,6 +119,10 @@ def load_table(data_dir: Path | str, check_files: bool = True) -> list[Crop]:
             votes = tuple(_bool(row[f"expert{k}_atypical"], where) for k in (1, 2, 3))
             atypical = _bool(row["majority_atypical"], where)
             dataset, uid = row["dataset"], int(row["uid"])
+            phases = tuple(row[f"expert{k}_label"] for k in (1, 2) if row.get(f"expert{k}_label"))
+            unknown = [p for p in phases if p not in PHASES]
+            if unknown:
+                raise ValueError(f"unknown phase label {unknown[0]!r} (known: {', '.join(PHASES)})")
             crop = Crop(
                 dataset=dataset,
                 uid=uid,
@@ -122,6 +131,7 @@ def load_table(data_dir: Path | str, check_files: bool = True) -> list[Crop]:
                 y=int(float(row["y"])),
                 votes=votes,  # type: ignore[arg-type]
                 atypical=atypical,
+                phases=phases,
                 path=data_dir / CROPS_DIR / ("atypical" if atypical else "normal") / f"{dataset}_{uid}{CROP_SUFFIX}",
             )
         except KeyError as exc:
@@ -226,6 +236,22 @@ def load_crops(crops: Iterable[Crop], size: int = CROP_SIZE) -> np.ndarray:
 def labels(crops: Sequence[Crop]) -> np.ndarray:
     """Majority labels, 1 = atypical, as float32 (N,)."""
     return np.array([c.atypical for c in crops], dtype=np.float32)
+
+
+def vote_fractions(crops: Sequence[Crop]) -> np.ndarray:
+    """The fraction of the three experts who called each figure atypical (0, 1/3, 2/3, 1), as
+    float32 (N,): a soft target that keeps the experts' disagreement."""
+    return np.array([sum(c.votes) / len(c.votes) for c in crops], dtype=np.float32)
+
+
+def phase_targets(crops: Sequence[Crop]) -> np.ndarray:
+    """N x len(PHASES) float32: each crop's phase labels as a distribution (the mean of its
+    experts' one-hot labels; all zero where none was given)."""
+    out = np.zeros((len(crops), len(PHASES)), dtype=np.float32)
+    for i, c in enumerate(crops):
+        for phase in c.phases:
+            out[i, PHASES.index(phase)] += 1.0 / len(c.phases)
+    return out
 
 
 def domains(crops: Sequence[Crop]) -> np.ndarray:

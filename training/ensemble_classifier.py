@@ -5,8 +5,8 @@
 
 Every candidate must have been trained on the same validation split (``--split-seed``); the
 ensemble of ``--size`` members is chosen among all combinations of the candidates by validation
-AUROC (the product's flip views), and its operating threshold maximises balanced accuracy on
-validation, for 1, 2, 4 and 8 views (``thresholds_by_views``). The test split is predicted once,
+AUROC (the product's flip views), and its operating threshold is the equal-error point on
+validation (``classifier_eval.operating_threshold``), for 1, 2, 4 and 8 views (``thresholds_by_views``). The test split is predicted once,
 for the report. Writes the checkpoint ``export.sh`` reads (arch ``ENSEMBLE_ARCH``, the members'
 configs and weights in one ``state_dict``), and ``metrics.json`` + ``threshold_sweep.png`` in
 ``--out``. Members whose validation split differs are refused.
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         "members": list(combo), "member_commands": [members[k][1].get("command", "?") for k in combo],
         "selection": f"best validation AUROC over all {args.size}-member subsets of {len(members)} candidates",
         "candidates_val_auroc": {k: ev.auroc(y_val, v) for k, v in p_val.items()},
-        "product_views": views, "threshold": thresholds[str(views)],
+        "product_views": views, "threshold": thresholds[str(views)], "threshold_rule": ev.THRESHOLD_RULE,
         "validation": val_metrics, "test": test_metrics,
         "splits": {"fit": amibr.summary(fit), "validation": amibr.summary(val), "test": amibr.summary(test)},
         "parameters": sum(t.numel() for t in net.parameters()),

@@ -9,12 +9,16 @@ majority label plus an auxiliary *hardness* head (BCE on "the three experts disa
 HED stain + brightness/contrast + blur/sharpen augmentation (``training/augment.py``), AdamW with
 linear warm-up and cosine decay, an exponential moving average (EMA) of the weights, which is what
 is validated and saved. The epoch with the best validation AUROC is kept; its operating threshold
-maximises balanced accuracy on validation, for the number of flip views the product averages
+is the equal-error point on validation (``classifier_eval.operating_threshold``), for the number of flip views the product averages
 (``Settings.classifier_tta``), and for 1, 2, 4 and 8 views as well (``thresholds_by_views``).
 ``--adversarial W`` adds a domain-adversarial term (``training/adversarial.py``: a domain classifier
 on the pooled features behind a gradient-reversal layer; domains: three MIDOG21 scanners, TUPAC16).
-``--augment wide`` and ``--rrc-min-scale`` widen the augmentation; ``--mix mixup|cutmix`` mixes pairs
-of samples and their targets (``augment.random_mix``). ``--device`` picks cpu or cuda (default:
+``--augment wide`` and ``--rrc-min-scale`` widen the augmentation, ``--augment light`` narrows it to
+symmetries and a colour jitter; ``--mix mixup|cutmix`` mixes pairs of samples and their targets
+(``augment.random_mix``). ``--phase-weight W`` adds an auxiliary head on the experts' eight mitotic
+phase labels (soft cross-entropy; training only, never exported); ``--target votes`` trains on the
+fraction of experts voting atypical instead of the majority; ``--sampling shuffle`` visits every
+crop once per epoch at its own prevalence; ``--stem-pool 0`` drops the ResNet stem's max pool. ``--device`` picks cpu or cuda (default:
 cuda when available); ``--precision bf16`` trains under bfloat16 autocast (a step about twice as
 fast on CPUs with AVX-512 BF16, a whole epoch about 1.3 times; weights, validation and export stay
 float32).
@@ -49,7 +53,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from mitosis_analysis.manifest import InferencePlan  # noqa: E402
-from model.classifier import ARCH, build_classifier  # noqa: E402
+from model.classifier import ARCH, RESNET_ARCH, build_classifier  # noqa: E402
 from training import adversarial  # noqa: E402
 from training import augment as aug  # noqa: E402
 from training import classifier_eval as ev  # noqa: E402
@@ -59,7 +63,9 @@ from training import runtime  # noqa: E402
 VIEWS = (1, 2, 4, 8)
 
 
-AUGMENTS = {"default": aug.AugmentConfig, "wide": aug.AugmentConfig.wide}
+AUGMENTS = {"default": aug.AugmentConfig, "wide": aug.AugmentConfig.wide, "light": aug.AugmentConfig.light}
+SAMPLINGS = ("balanced", "shuffle")
+TARGETS = ("majority", "votes")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -82,10 +88,22 @@ class TrainConfig:
     width: int = 16
     depths: str = ""
     dropout: float = 0.3
-    # Augmentation: "default" (AugmentConfig()) or "wide" (AugmentConfig.wide(): hue/saturation,
+    # atypical-resnet-v1 only: 0 drops the stem's max pool (stages at twice the resolution).
+    stem_pool: int = 1
+    # Augmentation: "default" (AugmentConfig()), "light" (AugmentConfig.light(): symmetries and a
+    # colour jitter only) or "wide" (AugmentConfig.wide(): hue/saturation,
     # grayscale blending, wider stain/contrast/focus); rrc_min_scale < 1 adds random resized crops.
     augment: str = "default"
     rrc_min_scale: float = 1.0
+    # Target of the atypical loss: "majority" (0/1, the experts' majority) or "votes" (the fraction
+    # of the three experts who said atypical). Sampling, selection and every report use the majority.
+    target: str = "majority"
+    # Weight of an auxiliary loss on the experts' mitotic phase labels (8 classes, soft cross-entropy
+    # against the mean of the two experts' one-hot labels; atypical-resnet-v1 only; 0: off).
+    phase_weight: float = 0.0
+    # Order of the training crops each epoch: "balanced" (drawn with replacement, each class
+    # equally likely) or "shuffle" (every crop once, the classes at their own prevalence).
+    sampling: str = "balanced"
     # Mixing pairs of training samples (training.augment.MIX_MODES: none, mixup, cutmix), one
     # Beta(mix_alpha, mix_alpha) weight per batch; the atypical and hardness targets are mixed too.
     mix: str = "none"
@@ -116,6 +134,14 @@ class TrainConfig:
             raise ValueError(f"--augment {self.augment!r}: one of {', '.join(AUGMENTS)}")
         if self.mix not in aug.MIX_MODES:
             raise ValueError(f"--mix {self.mix!r}: one of {', '.join(aug.MIX_MODES)}")
+        if self.stem_pool not in (0, 1) or (not self.stem_pool and self.arch != RESNET_ARCH):
+            raise ValueError(f"--stem-pool {self.stem_pool}: 1, or 0 with --arch {RESNET_ARCH}")
+        if self.phase_weight < 0 or (self.phase_weight > 0 and self.arch != RESNET_ARCH):
+            raise ValueError(f"--phase-weight {self.phase_weight}: >= 0, and > 0 only with --arch {RESNET_ARCH}")
+        if self.target not in TARGETS:
+            raise ValueError(f"--target {self.target!r}: one of {', '.join(TARGETS)}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"--sampling {self.sampling!r}: one of {', '.join(SAMPLINGS)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"--precision {self.precision!r}: one of {', '.join(PRECISIONS)}")
 
@@ -205,6 +231,10 @@ def train(
         model_config = {"arch": cfg.arch, "width": cfg.width, "dropout": cfg.dropout, "mean": list(mean), "std": list(std)}
         if cfg.depths:
             model_config["depths"] = [int(d) for d in cfg.depths.split(",")]
+        if not cfg.stem_pool:
+            model_config["stem_pool"] = False
+        if cfg.phase_weight > 0:
+            model_config["phases"] = len(amibr.PHASES)
     net = build_classifier(**model_config).to(memory_format=torch.channels_last)
     if cfg.init:
         net.load_state_dict(start["state_dict"])
@@ -230,7 +260,9 @@ def train(
         AUGMENTS[cfg.augment](), rrc_min_scale=cfg.rrc_min_scale)
     gen = aug.generator(cfg.seed, device)
     x_fit_device = torch.from_numpy(x_fit).to(device)
-    y_fit_device, h_fit_device, d_fit_device = (torch.from_numpy(a).to(device) for a in (y_fit, h_fit, d_fit))
+    target_fit = amibr.vote_fractions(fit) if cfg.target == "votes" else y_fit
+    t_fit_device, h_fit_device, d_fit_device, phase_fit_device = (
+        torch.from_numpy(a).to(device) for a in (target_fit, h_fit, d_fit, amibr.phase_targets(fit)))
 
     amp_dtype = PRECISIONS[cfg.precision]
     history: list[dict] = []
@@ -240,22 +272,26 @@ def train(
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.time()
         net.train()
-        order = balanced_indices(y_fit, steps_per_epoch * cfg.batch_size, rng)
+        order = (balanced_indices(y_fit, steps_per_epoch * cfg.batch_size, rng) if cfg.sampling == "balanced"
+                 else rng.permutation(len(y_fit))[: steps_per_epoch * cfg.batch_size])
         losses = []
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             batch = torch.from_numpy(idx).to(device)
             images = aug.augment(aug.to_float(x_fit_device[batch]), aug_config, gen)
-            images, (y_batch, h_batch), _ = aug.random_mix(images, (y_fit_device[batch], h_fit_device[batch]),
-                                                           cfg.mix, cfg.mix_alpha, rng)
+            images, (y_batch, h_batch, phase_batch), _ = aug.random_mix(
+                images, (t_fit_device[batch], h_fit_device[batch], phase_fit_device[batch]), cfg.mix, cfg.mix_alpha, rng)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
                 logit, hard_logit, features = net.logits(images.contiguous(memory_format=torch.channels_last),
                                                          return_features=True)
                 domain_logits = None
                 if domain_head is not None:
                     domain_logits = domain_head(features, adversarial.ramp(step / max(1, total_steps)))
+                phase_logits = net.phase_logits(features) if cfg.phase_weight > 0 else None
             loss = focal_loss(logit.float(), y_batch, cfg.focal_gamma)
             loss = loss + cfg.hardness_weight * F.binary_cross_entropy_with_logits(hard_logit.float(), h_batch)
+            if phase_logits is not None:
+                loss = loss + cfg.phase_weight * F.cross_entropy(phase_logits.float(), phase_batch)
             if domain_logits is not None:
                 loss = loss + cfg.adversarial * adversarial.domain_loss(domain_logits.float(), d_fit_device[batch])
             opt.zero_grad(set_to_none=True)
@@ -297,6 +333,7 @@ def train(
         "epochs_run": len(history),
         "product_views": product_views,
         "threshold": threshold,
+        "threshold_rule": ev.THRESHOLD_RULE,
         "validation": val_metrics,
         "test": test_metrics,
         "test_is": evaluated_on,
