@@ -249,3 +249,36 @@ def test_export_takes_the_threshold_for_the_plans_flip_views(tmp_path):
     assert Manifest.load(weights).plan.classifier_views == 2  # nothing written: the weights still verify
     Manifest.load(weights).verified_path(weights, Manifest.load(weights).classifier)
     assert sorted(f.name for f in weights.iterdir()) == ["classifier.onnx", "detector.onnx", "manifest.json"]
+
+
+AMIBR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-br"
+
+
+@pytest.mark.skipif(not (AMIBR / amibr.TABLE_FILE).is_file(), reason=f"AMi-Br not found at {AMIBR}")
+def test_lodo_threshold_rules_rescore_each_fold_from_its_checkpoint(tmp_path):
+    from training import classifier_eval as ev
+    from training.train_classifier import TrainConfig
+
+    out = tmp_path / "recipe"
+    for d in range(len(amibr.DOMAINS)):
+        torch.manual_seed(d)
+        net = build_classifier(arch=RESNET_ARCH, width=8)
+        (out / lodo.fold_name(d)).mkdir(parents=True)
+        torch.save({"arch": RESNET_ARCH, "config": {"width": 8}, "state_dict": net.state_dict(),
+                    "train_config": {**TrainConfig().__dict__, "holdout_domain": d}, "metrics": {"product_views": 1}},
+                   out / lodo.fold_name(d) / "classifier.pt")
+    rows = lodo.threshold_rules([out], AMIBR, tmp_path / "rules.json")
+    assert rows[0] == "| recipe | LODO mean BA, max-ba threshold | LODO mean BA, equal-error threshold | LODO mean AUROC |"
+    saved = json.loads((tmp_path / "rules.json").read_text())["recipe"]
+    assert list(saved["folds"]) == list(amibr.DOMAINS)
+    # one fold by hand: TUPAC16 held out, thresholds from the other domains' validation slides
+    net, _ = ev.load_checkpoint(out / lodo.fold_name(3) / "classifier.pt")
+    kept, held = amibr.leave_domain_out(*amibr.published_split(AMIBR), 3)
+    _, val = amibr.split_by_slide(kept, 0.15, 0)
+    p_val, p_held = (ev.predict(net, amibr.load_crops(c)) for c in (val, held))
+    t, _ = ev.equal_error_threshold(amibr.labels(val), p_val)
+    assert saved["folds"]["TUPAC16"]["equal-error"] == pytest.approx(
+        ev.binary_metrics(amibr.labels(held), p_held, t)["balanced_accuracy"])
+    assert saved["means"]["auroc"] == pytest.approx(np.mean([f["auroc"] for f in saved["folds"].values()]))
+    with pytest.raises(FileNotFoundError, match="no finished fold"):
+        lodo.threshold_rules([tmp_path / "empty"], AMIBR)

@@ -104,9 +104,11 @@ def equal_error_threshold(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     return float(candidates[i]), float(sweep["balanced_accuracy"][i])
 
 
-# The rule that sets every shipped classifier's operating threshold on validation (``evaluate_views``).
+# Threshold rules compared by ``classifier_lodo rules``; THRESHOLD_RULE sets every shipped
+# classifier's operating threshold on validation (``evaluate_views``).
+THRESHOLD_RULES = {"max-ba": best_threshold, "equal-error": equal_error_threshold}
 THRESHOLD_RULE = "equal-error"
-operating_threshold = equal_error_threshold
+operating_threshold = THRESHOLD_RULES[THRESHOLD_RULE]
 
 
 # --- prediction ---------------------------------------------------------------------------------
@@ -239,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise amibr.DataError(f"checkpoint not found: {args.checkpoint}")
         net, ckpt = load_checkpoint(args.checkpoint)
         tc = ckpt.get("train_config", {})
-        crops = split_crops(args.data, args.split, tc.get("val_fraction", 0.15), tc.get("seed", 0))
+        crops = split_crops(args.data, args.split, tc.get("val_fraction", 0.15), tc.get("split_seed", 0))
         images, y = amibr.load_crops(crops), amibr.labels(crops)
     except amibr.DataError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@
     python -m training.classifier_lodo run --out training/runs/lodo/resnet18-w32 [--parallel 2] \
         -- --arch atypical-resnet-v1 --width 32 --epochs 30 --augment wide
     python -m training.classifier_lodo table training/runs/lodo/*
+    python -m training.classifier_lodo rules training/runs/lodo/*   # held-out BA per threshold rule
 
 ``run`` trains one recipe (the arguments after ``--`` go to ``training.train_classifier``) four
 times, each with one of AMi-Br's acquisition domains (``training.data.DOMAINS``: three MIDOG21
@@ -106,6 +107,43 @@ def table(dirs: list[Path], json_path: Path | None = None) -> list[str]:
     return lines
 
 
+def threshold_rules(dirs: list[Path], data_dir: Path, json_path: Path | None = None) -> list[str]:
+    """Each fold's held-out balanced accuracy at the threshold each rule of
+    ``classifier_eval.THRESHOLD_RULES`` picks on that fold's validation (the product's views),
+    re-predicted from the fold's checkpoint: markdown rows of the means (per-fold figures in
+    ``json_path``)."""
+    from training import classifier_eval as ev
+    from training import data as amibr
+
+    train_all, test_all = amibr.published_split(data_dir)
+    rules = list(ev.THRESHOLD_RULES)
+    lines = ["| recipe | " + " | ".join(f"LODO mean BA, {r} threshold" for r in rules) + " | LODO mean AUROC |",
+             "| --- " * (len(rules) + 2) + "|"]
+    results = {}
+    for out in dirs:
+        folds = {}
+        for d, name in enumerate(DOMAINS):
+            path = out / fold_name(d) / "classifier.pt"
+            if not path.is_file():
+                raise FileNotFoundError(f"{out}: no finished fold for {name}")
+            net, ckpt = ev.load_checkpoint(path)
+            tc = ckpt["train_config"]
+            kept, held = amibr.leave_domain_out(train_all, test_all, d)
+            _, val = amibr.split_by_slide(kept, tc["val_fraction"], tc["split_seed"])
+            views = ckpt["metrics"]["product_views"]
+            p_val, p_held = (ev.predict(net, amibr.load_crops(c), n_views=views) for c in (val, held))
+            y_val, y_held = amibr.labels(val), amibr.labels(held)
+            folds[name] = {"auroc": ev.auroc(y_held, p_held), **{
+                rule: ev.binary_metrics(y_held, p_held, pick(y_val, p_val)[0])["balanced_accuracy"]
+                for rule, pick in ev.THRESHOLD_RULES.items()}}
+        means = {key: float(np.mean([f[key] for f in folds.values()])) for key in [*rules, "auroc"]}
+        results[out.name] = {"folds": folds, "means": means}
+        lines.append(f"| {out.name} | " + " | ".join(f"{means[r]:.3f}" for r in rules) + f" | {means['auroc']:.3f} |")
+    if json_path is not None:
+        runtime.write_json(results, json_path)
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="action", required=True)
@@ -116,6 +154,10 @@ def main(argv=None) -> int:
     t = sub.add_parser("table", help="one markdown row per recipe directory")
     t.add_argument("dirs", type=Path, nargs="+")
     t.add_argument("--json", type=Path, default=None, help="also save the recipes' summaries (lodo.json) here, as one file")
+    u = sub.add_parser("rules", help="held-out BA of each fold at each threshold rule's validation threshold")
+    u.add_argument("dirs", type=Path, nargs="+")
+    u.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared/data/ami-br")
+    u.add_argument("--json", type=Path, default=None, help="also save the per-fold figures here")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     args = p.parse_args(argv[: len(argv) - len(extra) - (1 if "--" in argv else 0)])
@@ -128,6 +170,9 @@ def main(argv=None) -> int:
         print(json.dumps({k: v for k, v in s.items() if k != "folds"}, indent=1))
         return 0
     try:
+        if args.action == "rules":
+            print("\n".join(threshold_rules(args.dirs, args.data, args.json)))
+            return 0
         print("\n".join(table(args.dirs, args.json)))
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
