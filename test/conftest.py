@@ -7,7 +7,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from training.data import TABLE_FILE  # noqa: E402  (after the path is set)
+
 SHARED_DATA = ROOT.parent / "shared" / "data"
+AMIBR = SHARED_DATA / "ami-br"
+# Tests that read the real AMi-Br crops skip, with the path in the reason, when ../shared/data is not
+# beside the checkout (CI always has it).
+needs_amibr = pytest.mark.skipif(not (AMIBR / TABLE_FILE).is_file(), reason=f"AMi-Br not found at {AMIBR}")
 
 
 @pytest.fixture(scope="session")

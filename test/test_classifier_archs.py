@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import AMIBR, needs_amibr
 from mitosis_analysis.manifest import Manifest, sha256_file
 from model.classifier import ARCH, ARCHS, CONVNEXT_ARCH, RESNET_ARCH, build_classifier
 from training import augment as aug
@@ -251,10 +252,9 @@ def test_export_takes_the_threshold_for_the_plans_flip_views(tmp_path):
     assert sorted(f.name for f in weights.iterdir()) == ["classifier.onnx", "detector.onnx", "manifest.json"]
 
 
-AMIBR = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-br"
 
 
-@pytest.mark.skipif(not (AMIBR / amibr.TABLE_FILE).is_file(), reason=f"AMi-Br not found at {AMIBR}")
+@needs_amibr
 def test_lodo_threshold_rules_rescore_each_fold_from_its_checkpoint(tmp_path):
     from training import classifier_eval as ev
     from training.train_classifier import TrainConfig

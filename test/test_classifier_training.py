@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import AMIBR, needs_amibr
 from model.classifier import ARCH, build_classifier
 from training import classifier_eval as ev
 from training import data as amibr
 from training import train_classifier as tc
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-br"
-needs_data = pytest.mark.skipif(not (DATA / amibr.TABLE_FILE).is_file(), reason=f"AMi-Br not found at {DATA}")
 
 
 def test_model_contract():
@@ -109,13 +107,13 @@ def test_predict_matches_product_tta():
     np.testing.assert_allclose(ev.predict(net, crops, 2), (p1 + p_flip) / 2, atol=1e-5)
 
 
-@needs_data
+@needs_amibr
 def test_few_step_training_writes_a_usable_checkpoint(tmp_path):
     cfg = tc.TrainConfig(epochs=2, batch_size=8, width=8, limit=48, threads=1, seed=0)
     ckpt_path = tmp_path / "checkpoints" / "classifier.pt"
     out = tmp_path / "run"
     initial = build_classifier(width=8)
-    ckpt = tc.train(cfg, DATA, out, ckpt_path, command="pytest", log=lambda m: None)
+    ckpt = tc.train(cfg, AMIBR, out, ckpt_path, command="pytest", log=lambda m: None)
 
     saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     assert {"arch", "config", "state_dict", "threshold", "metrics"} <= set(saved)
@@ -133,7 +131,7 @@ def test_few_step_training_writes_a_usable_checkpoint(tmp_path):
     assert not list(tmp_path.rglob("*.tmp*"))  # atomic writes leave no temp files
 
     # a warm restart starts from those weights and says so
-    again = tc.train(tc.TrainConfig(epochs=1, batch_size=8, limit=48, init=str(ckpt_path)), DATA, out,
+    again = tc.train(tc.TrainConfig(epochs=1, batch_size=8, limit=48, init=str(ckpt_path)), AMIBR, out,
                      tmp_path / "restart.pt", log=lambda m: None)
     assert again["config"] == saved["config"] and "warm restart" in again["initialisation"]
 
@@ -162,7 +160,7 @@ def test_logits_can_return_the_pooled_features_the_heads_read():
     assert head(f_train).shape == (3, 4)
 
 
-@needs_data
+@needs_amibr
 def test_few_step_adversarial_training_feeds_the_domain_head(tmp_path, monkeypatch):
     from training import adversarial
 
@@ -176,7 +174,7 @@ def test_few_step_adversarial_training_feeds_the_domain_head(tmp_path, monkeypat
     monkeypatch.setattr(adversarial, "domain_loss", spy)
     cfg = tc.TrainConfig(epochs=1, batch_size=8, width=8, limit=48, threads=1, seed=0, adversarial=0.1, device="cpu",
                          precision="bf16")  # the domain head runs under autocast too
-    ckpt = tc.train(cfg, DATA, tmp_path / "run", tmp_path / "classifier.pt", log=lambda m: None)
+    ckpt = tc.train(cfg, AMIBR, tmp_path / "run", tmp_path / "classifier.pt", log=lambda m: None)
     assert ckpt["train_config"]["adversarial"] == 0.1
     assert all(v.dtype == torch.float32 for v in ckpt["state_dict"].values() if v.is_floating_point())
     assert seen and all(shape == (8, len(amibr.DOMAINS)) and d.shape == (8,) for shape, d in seen)
@@ -187,7 +185,7 @@ def test_few_step_adversarial_training_feeds_the_domain_head(tmp_path, monkeypat
     assert np.isfinite(ckpt["history"][0]["train_loss"])
 
 
-@needs_data
+@needs_amibr
 def test_phase_head_and_vote_targets_train_and_stay_out_of_the_graph(tmp_path, monkeypatch):
     from model.classifier import RESNET_ARCH
 
@@ -201,7 +199,7 @@ def test_phase_head_and_vote_targets_train_and_stay_out_of_the_graph(tmp_path, m
     monkeypatch.setattr(tc.F, "cross_entropy", spy)
     cfg = tc.TrainConfig(epochs=1, batch_size=8, arch=RESNET_ARCH, width=8, limit=48, threads=1, seed=0,
                          phase_weight=0.5, target="votes", sampling="shuffle", augment="light", adversarial=0.0)
-    ckpt = tc.train(cfg, DATA, tmp_path / "run", tmp_path / "classifier.pt", log=lambda m: None)
+    ckpt = tc.train(cfg, AMIBR, tmp_path / "run", tmp_path / "classifier.pt", log=lambda m: None)
     assert seen and all(shape == (8, len(amibr.PHASES)) for shape, _ in seen)
     torch.testing.assert_close(torch.cat([t for _, t in seen]).sum(1), torch.ones(8 * len(seen)))  # distributions
     assert ckpt["config"]["phases"] == len(amibr.PHASES)
@@ -212,7 +210,7 @@ def test_phase_head_and_vote_targets_train_and_stay_out_of_the_graph(tmp_path, m
     assert "phase_head" not in str(graph.inlined_graph)  # p_atypical alone; the export carries no phase head
 
 
-@needs_data
+@needs_amibr
 def test_leave_one_domain_out_training_never_sees_the_held_out_domain(tmp_path, monkeypatch):
     from model.classifier import RESNET_ARCH
 
@@ -228,7 +226,7 @@ def test_leave_one_domain_out_training_never_sees_the_held_out_domain(tmp_path, 
     held_out = amibr.DOMAINS.index("MIDOG21 Aperio CS2")
     cfg = tc.TrainConfig(epochs=1, batch_size=8, arch=RESNET_ARCH, width=8, limit=48, threads=1, seed=0,
                          holdout_domain=held_out, augment="wide", rrc_min_scale=0.6, mix="cutmix")
-    ckpt = tc.train(cfg, DATA, tmp_path / "run", tmp_path / "classifier.pt", log=lambda m: None)
+    ckpt = tc.train(cfg, AMIBR, tmp_path / "run", tmp_path / "classifier.pt", log=lambda m: None)
     fit, val, test = loaded[:3]  # the order train() reads them in
     assert all(c.domain != held_out for c in fit + val)
     assert test and all(c.domain == held_out for c in test)

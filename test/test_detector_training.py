@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SHARED_DATA, needs_amibr
 from model.unet import LightUNet
 from training import augment, losses
 from training import detector_eval as ev
 from training import labels as L
 from training import train_detector as td
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "ami-br" / "AMI-BR.csv").is_file(), reason=f"no data at {DATA}")
 
 
 @pytest.fixture(autouse=True)
@@ -381,7 +380,7 @@ def test_torch_detector_runs_through_the_product_pipeline():
     np.testing.assert_allclose(tiled, whole, atol=1e-5)  # one tile: no blending involved
 
 
-@needs_data
+@needs_amibr
 def test_training_smoke_run_writes_an_exportable_checkpoint(tmp_path, monkeypatch):
     from training import adversarial
 
@@ -404,7 +403,7 @@ def test_training_smoke_run_writes_an_exportable_checkpoint(tmp_path, monkeypatc
     ckpt = tmp_path / "checkpoints" / "detector.pt"
     run = tmp_path / "run"
     cache = tmp_path / "label-cache"
-    args = ["--data", str(DATA), "--limit-crops", "16", "--max-steps", "2", "--batch-size", "2",
+    args = ["--data", str(SHARED_DATA), "--limit-crops", "16", "--max-steps", "2", "--batch-size", "2",
             "--window", "128", "--channels", "8", "16", "--checkpoint", str(ckpt), "--run-dir", str(run),
             "--threads", "1", "--consistency", "0.2", "--adversarial", "0.1", "--device", "cpu",
             "--label-cache", str(cache)]

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 
+from conftest import SHARED_DATA, needs_amibr
 from training import labels as L
 from training import teacher as T
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA / "ami-br" / "AMI-BR.csv").is_file(), reason=f"no data at {DATA}")
 
 # Haematoxylin and eosin optical-density vectors used to synthesise stained images.
 H_TRUE = np.array([0.62, 0.74, 0.26]) / np.linalg.norm([0.62, 0.74, 0.26])
@@ -141,12 +138,12 @@ def test_midogpp_points_and_slide_annotations(tmp_path):
     assert len(ann[("TUPAC16", "001.tiff")].mitoses) == 1 and len(ann[("TUPAC16", "001.tiff")].hard_negatives) == 0
 
 
-@needs_data
+@needs_amibr
 def test_real_crops_get_a_mitosis_at_the_centre_and_some_nuclei():
     from training import data
 
-    table = data.load_table(DATA / "ami-br")
-    ann = L.slide_annotations(table, L.midogpp_points(DATA / L.MIDOGPP_FILE))
+    table = data.load_table(SHARED_DATA / "ami-br")
+    ann = L.slide_annotations(table, L.midogpp_points(SHARED_DATA / L.MIDOGPP_FILE))
     for crop in table[::900]:
         rgb = data.load_crop(crop.path)
         cl = L.crop_labels(rgb, crop, ann)

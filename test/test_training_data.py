@@ -10,11 +10,10 @@ import pytest
 import torch
 from scipy import ndimage as ndi
 
+from conftest import AMIBR, needs_amibr
 from training import augment as aug
 from training import data as amibr
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ami-br"
-needs_data = pytest.mark.skipif(not (DATA / amibr.TABLE_FILE).is_file(), reason=f"AMi-Br not found at {DATA}")
 
 
 # --- table and splits on the real data ----------------------------------------------------------
@@ -22,10 +21,10 @@ needs_data = pytest.mark.skipif(not (DATA / amibr.TABLE_FILE).is_file(), reason=
 
 @pytest.fixture(scope="module")
 def table() -> list[amibr.Crop]:
-    return amibr.load_table(DATA)
+    return amibr.load_table(AMIBR)
 
 
-@needs_data
+@needs_amibr
 def test_table_matches_published_counts(table):
     assert len(table) == 3720
     assert sum(c.atypical for c in table) == 832
@@ -35,9 +34,9 @@ def test_table_matches_published_counts(table):
     assert all(len(c.phases) == 2 for c in table)
 
 
-@needs_data
+@needs_amibr
 def test_published_split_counts_and_disjoint(table):
-    train, test = amibr.published_split(DATA, table)
+    train, test = amibr.published_split(AMIBR, table)
     assert (len(train), len(test)) == (amibr.N_TRAIN, amibr.N_TEST) == (2894, 826)
     keys = lambda crops: {(c.dataset, c.uid) for c in crops}  # noqa: E731
     assert not keys(train) & keys(test)
@@ -46,9 +45,9 @@ def test_published_split_counts_and_disjoint(table):
     assert not {c.slide_key for c in train} & {c.slide_key for c in test}
 
 
-@needs_data
+@needs_amibr
 def test_validation_is_split_by_slide(table):
-    train, _ = amibr.published_split(DATA, table)
+    train, _ = amibr.published_split(AMIBR, table)
     fit, val = amibr.split_by_slide(train, val_fraction=0.15, seed=0)
     assert len(fit) + len(val) == len(train)
     assert not {c.slide_key for c in fit} & {c.slide_key for c in val}
@@ -59,7 +58,7 @@ def test_validation_is_split_by_slide(table):
     assert {c.slide_key for c in amibr.split_by_slide(train, 0.15, seed=1)[1]} != {c.slide_key for c in val}
 
 
-@needs_data
+@needs_amibr
 def test_load_crops_shape(table):
     images = amibr.load_crops(table[:3])
     assert images.shape == (3, 128, 128, 3) and images.dtype == np.uint8
@@ -142,7 +141,7 @@ def test_non_numeric_slide_names_are_a_data_error(dataset, slide):
         crop.domain  # noqa: B018
 
 
-@needs_data
+@needs_amibr
 def test_domains_on_the_real_table(table):
     by_slide = {(c.dataset, c.slide): c for c in table}
     for slide, domain in (("002.tiff", 0), ("050.tiff", 0), ("054.tiff", 1), ("100.tiff", 1),
@@ -162,8 +161,8 @@ def test_domains_on_the_real_table(table):
 @pytest.fixture(scope="module")
 def batch_u8() -> np.ndarray:
     """Four real crops (N x H x W x 3 uint8) when the data are there, else synthetic H&E-like ones."""
-    if (DATA / amibr.TABLE_FILE).is_file():
-        return amibr.load_crops(amibr.load_table(DATA, check_files=False)[:4])
+    if (AMIBR / amibr.TABLE_FILE).is_file():
+        return amibr.load_crops(amibr.load_table(AMIBR, check_files=False)[:4])
     rng = np.random.default_rng(0)
     base = np.array([200, 140, 200], np.float64) * rng.uniform(0.5, 1.0, (4, 128, 128, 1))
     return np.clip(base + rng.normal(0, 10, (4, 128, 128, 3)), 0, 255).astype(np.uint8)
