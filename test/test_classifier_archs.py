@@ -252,10 +252,8 @@ def test_export_takes_the_threshold_for_the_plans_flip_views(tmp_path):
     assert sorted(f.name for f in weights.iterdir()) == ["classifier.onnx", "detector.onnx", "manifest.json"]
 
 
-
-
 @needs_amibr
-def test_lodo_threshold_rules_rescore_each_fold_from_its_checkpoint(tmp_path):
+def test_lodo_threshold_rules_rescore_each_fold_from_its_checkpoint(tmp_path, capsys):
     from training import classifier_eval as ev
     from training.train_classifier import TrainConfig
 
@@ -265,7 +263,8 @@ def test_lodo_threshold_rules_rescore_each_fold_from_its_checkpoint(tmp_path):
         net = build_classifier(arch=RESNET_ARCH, width=8)
         (out / lodo.fold_name(d)).mkdir(parents=True)
         torch.save({"arch": RESNET_ARCH, "config": {"width": 8}, "state_dict": net.state_dict(),
-                    "train_config": {**TrainConfig().__dict__, "holdout_domain": d}, "metrics": {"product_views": 1}},
+                    "train_config": {**TrainConfig().__dict__, "holdout_domain": d}, "metrics": {"product_views": 1},
+                    "threshold": 0.5},
                    out / lodo.fold_name(d) / "classifier.pt")
     rows = lodo.threshold_rules([out], AMIBR, tmp_path / "rules.json")
     assert rows[0] == "| recipe | LODO mean BA, max-ba threshold | LODO mean BA, equal-error threshold | LODO mean AUROC |"
@@ -282,3 +281,14 @@ def test_lodo_threshold_rules_rescore_each_fold_from_its_checkpoint(tmp_path):
     assert saved["means"]["auroc"] == pytest.approx(np.mean([f["auroc"] for f in saved["folds"].values()]))
     with pytest.raises(FileNotFoundError, match="no finished fold"):
         lodo.threshold_rules([tmp_path / "empty"], AMIBR)
+    # the evaluation CLI scores a fold on its own held-out domain, not on the published test split
+    ev.main(["--checkpoint", str(out / lodo.fold_name(3) / "classifier.pt"), "--data", str(AMIBR), "--views", "1"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["evaluated_on"].startswith("held-out domain TUPAC16")
+    assert report["summary"] == amibr.summary(held)
+    assert report["views_1"]["auroc"] == pytest.approx(saved["folds"]["TUPAC16"]["auroc"])
+    # a fold directory holding another fold's checkpoint is refused, not silently re-scored
+    (out / lodo.fold_name(0) / "classifier.pt").replace(out / lodo.fold_name(0) / "x.pt")
+    (out / lodo.fold_name(1) / "classifier.pt").rename(out / lodo.fold_name(0) / "classifier.pt")
+    with pytest.raises(ValueError, match="holdout_domain 1, expected 0"):
+        lodo.threshold_rules([out], AMIBR)

@@ -108,7 +108,7 @@ def test_predict_matches_product_tta():
 
 
 @needs_amibr
-def test_few_step_training_writes_a_usable_checkpoint(tmp_path):
+def test_few_step_training_writes_a_usable_checkpoint(tmp_path, capsys):
     cfg = tc.TrainConfig(epochs=2, batch_size=8, width=8, limit=48, threads=1, seed=0)
     ckpt_path = tmp_path / "checkpoints" / "classifier.pt"
     out = tmp_path / "run"
@@ -134,6 +134,15 @@ def test_few_step_training_writes_a_usable_checkpoint(tmp_path):
     again = tc.train(tc.TrainConfig(epochs=1, batch_size=8, limit=48, init=str(ckpt_path)), AMIBR, out,
                      tmp_path / "restart.pt", log=lambda m: None)
     assert again["config"] == saved["config"] and "warm restart" in again["initialisation"]
+    # the data is recorded as a path relative to the checkout, never this machine's absolute path
+    assert saved["data"].startswith("AMi-Br (../shared/data/ami-br): published training split,")
+
+    # a warm restart that cannot work is refused at start-up, before any crop is read, with one error line
+    for init, flags, message in [(ckpt_path, ["--phase-weight", "0.5", "--arch", "atypical-resnet-v1"], "no phase head"),
+                                 (tmp_path / "missing.pt", [], "cannot read a checkpoint")]:
+        rc = tc.main(["--data", str(tmp_path / "no-data"), "--out", str(tmp_path / "x"), "--init", str(init), *flags])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith("error: --init") and message in err and len(err.splitlines()) == 1
 
 
 def test_logits_can_return_the_pooled_features_the_heads_read():

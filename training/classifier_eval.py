@@ -6,7 +6,8 @@ Usage (the test split is for the final report only)::
     python -m training.classifier_eval --checkpoint training/checkpoints/classifier.pt \\
         --data ../shared/data/ami-br --split test --views 1 4 8
 
-prints one JSON object: for each number of flip views, the metrics at the checkpoint's threshold
+A leave-one-domain-out fold (``holdout_domain`` in its checkpoint) is scored on its own held-out
+domain and validation slides, rebuilt by ``training.data.run_splits``. Prints one JSON object: for each number of flip views, the metrics at the checkpoint's threshold
 (and the best threshold on that split, for information only: it must never be used to choose).
 """
 
@@ -219,19 +220,13 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
     return net.eval().to(memory_format=torch.channels_last), ckpt
 
 
-def split_crops(data_dir: Path, split: str, val_fraction: float, seed: int) -> list[amibr.Crop]:
-    train, test = amibr.published_split(data_dir)
-    if split == "test":
-        return test
-    fit, val = amibr.split_by_slide(train, val_fraction, seed)
-    return {"val": val, "fit": fit}[split]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", type=Path, default=REPO_ROOT / "training/checkpoints/classifier.pt")
     ap.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared/data/ami-br")
-    ap.add_argument("--split", choices=("test", "val", "fit"), default="test")
+    ap.add_argument("--split", choices=("test", "val", "fit"), default="test",
+                    help="test = the run's evaluation crops: the published test split, or for a "
+                         "leave-one-domain-out fold its held-out domain")
     ap.add_argument("--views", type=int, nargs="+", default=[1, 4, 8], choices=(1, 2, 4, 8))
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -240,14 +235,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.checkpoint.is_file():
             raise amibr.DataError(f"checkpoint not found: {args.checkpoint}")
         net, ckpt = load_checkpoint(args.checkpoint)
-        tc = ckpt.get("train_config", {})
-        crops = split_crops(args.data, args.split, tc.get("val_fraction", 0.15), tc.get("split_seed", 0))
+        fit, val, test, evaluated_on = amibr.run_splits(args.data, ckpt.get("train_config", {}))
+        crops = {"fit": fit, "val": val, "test": test}[args.split]
         images, y = amibr.load_crops(crops), amibr.labels(crops)
     except amibr.DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     thresholds = ckpt.get("thresholds_by_views", {})
     result = {"checkpoint": str(args.checkpoint), "split": args.split, "summary": amibr.summary(crops)}
+    if args.split == "test":
+        result["evaluated_on"] = evaluated_on
     for n in args.views:
         p = predict(net, images, n)
         thr = float(thresholds.get(str(n), ckpt["threshold"]))

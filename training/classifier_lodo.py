@@ -115,7 +115,6 @@ def threshold_rules(dirs: list[Path], data_dir: Path, json_path: Path | None = N
     from training import classifier_eval as ev
     from training import data as amibr
 
-    train_all, test_all = amibr.published_split(data_dir)
     rules = list(ev.THRESHOLD_RULES)
     lines = ["| recipe | " + " | ".join(f"LODO mean BA, {r} threshold" for r in rules) + " | LODO mean AUROC |",
              "| --- " * (len(rules) + 2) + "|"]
@@ -127,9 +126,10 @@ def threshold_rules(dirs: list[Path], data_dir: Path, json_path: Path | None = N
             if not path.is_file():
                 raise FileNotFoundError(f"{out}: no finished fold for {name}")
             net, ckpt = ev.load_checkpoint(path)
-            tc = ckpt["train_config"]
-            kept, held = amibr.leave_domain_out(train_all, test_all, d)
-            _, val = amibr.split_by_slide(kept, tc["val_fraction"], tc["split_seed"])
+            if ckpt["train_config"].get("holdout_domain") != d:
+                raise ValueError(f"{path}: trained with holdout_domain "
+                                 f"{ckpt['train_config'].get('holdout_domain')}, expected {d} ({name})")
+            _, val, held, _ = amibr.run_splits(data_dir, ckpt["train_config"])
             views = ckpt["metrics"]["product_views"]
             p_val, p_held = (ev.predict(net, amibr.load_crops(c), n_views=views) for c in (val, held))
             y_val, y_held = amibr.labels(val), amibr.labels(held)

@@ -212,6 +212,25 @@ def split_by_slide(
     return train, val
 
 
+def evaluation_split(data_dir: Path | str, holdout_domain: int = -1) -> tuple[list[Crop], list[Crop], str]:
+    """(training crops, evaluation crops, what the evaluation crops are): the published split, or
+    with ``holdout_domain >= 0`` one leave-one-domain-out fold (``leave_domain_out``)."""
+    train, test = published_split(data_dir)
+    if holdout_domain < 0:
+        return train, test, "AMi-Br test split"
+    train, held = leave_domain_out(train, test, holdout_domain)
+    return train, held, f"held-out domain {DOMAINS[holdout_domain]} (all its crops, both splits)"
+
+
+def run_splits(data_dir: Path | str, train_config: dict) -> tuple[list[Crop], list[Crop], list[Crop], str]:
+    """(fit, validation, evaluation, what the evaluation is) of a finished classifier run, rebuilt
+    from its checkpoint's ``train_config`` (holdout domain, validation fraction, split seed), so
+    that every tool re-scoring a run judges it on the crops it was judged on."""
+    train, test, evaluated_on = evaluation_split(data_dir, int(train_config.get("holdout_domain", -1)))
+    fit, val = split_by_slide(train, train_config.get("val_fraction", 0.15), train_config.get("split_seed", 0))
+    return fit, val, test, evaluated_on
+
+
 def load_crop(path: Path | str) -> np.ndarray:
     """One crop as H x W x 3 uint8 RGB."""
     try:

@@ -38,16 +38,10 @@ from training.export import MAX_ONNX_BYTES  # noqa: E402
 from training.train_classifier import VIEWS  # noqa: E402
 
 
-def load_member(path: Path) -> tuple[torch.nn.Module, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    net = build_classifier(arch=ckpt["arch"], **ckpt["config"])
-    net.load_state_dict(ckpt["state_dict"])
-    return net.eval(), ckpt
-
-
 def split_of(ckpt: dict) -> tuple:
     cfg = ckpt.get("train_config", {})
-    return cfg.get("val_fraction"), cfg.get("split_seed", 0), ckpt["metrics"]["splits"]["validation"]
+    return (cfg.get("holdout_domain", -1), cfg.get("val_fraction"), cfg.get("split_seed", 0),
+            ckpt["metrics"]["splits"]["validation"])
 
 
 def choose(p_val: dict[str, np.ndarray], y_val: np.ndarray, size: int,
@@ -78,14 +72,12 @@ def main(argv=None) -> int:
     command = "python -m training.ensemble_classifier " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
-    members = {str(path): load_member(path) for path in args.candidates}
+    members = {str(path): ev.load_checkpoint(path) for path in args.candidates}
     splits = {split_of(ckpt) for _, ckpt in members.values()}
     if len(splits) != 1:
         raise SystemExit(f"error: the candidates were validated on different splits: {sorted(map(str, splits))}")
     first = next(iter(members.values()))[1]
-    train_all, test = amibr.published_split(args.data)
-    fit, val = amibr.split_by_slide(train_all, first["train_config"]["val_fraction"],
-                                    first["train_config"].get("split_seed", 0))
+    fit, val, test, _ = amibr.run_splits(args.data, first["train_config"])
     if amibr.summary(val) != first["metrics"]["splits"]["validation"]:
         raise SystemExit("error: the validation split rebuilt here differs from the candidates' own")
     x_val, y_val, x_test, y_test = amibr.load_crops(val), amibr.labels(val), amibr.load_crops(test), amibr.labels(test)

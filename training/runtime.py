@@ -4,12 +4,15 @@ the product's ``write_bytes_atomic``, so that an interrupted run never leaves ha
 from __future__ import annotations
 
 import io
+import os
 import json
 from pathlib import Path
 
 import torch
 
 from mitosis_analysis.outputs import write_bytes_atomic
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -22,6 +25,17 @@ def resolve_device(name: str) -> torch.device:
 def device_of(net: torch.nn.Module) -> torch.device:
     """The device a module's parameters live on."""
     return next(net.parameters()).device
+
+
+def portable_path(path: Path | str) -> str:
+    """``path`` as a checkpoint or manifest should record it: relative to the repository (so
+    ``../shared/data/ami-br``, not this machine's absolute path) when it lies beside or inside the
+    checkout, else as given."""
+    path = Path(path)
+    try:
+        return os.path.relpath(path.resolve(), REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT.parent) else str(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
 
 
 def save_checkpoint(obj, path: Path | str) -> None:

@@ -37,6 +37,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import math
+import pickle
 import shlex
 import sys
 import time
@@ -171,6 +172,21 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
+def load_init(path: str | Path, phase_weight: float) -> dict:
+    """The ``--init`` checkpoint, checked before any crop is read: it exists, is a classifier
+    checkpoint, and has the phase head that ``phase_weight > 0`` trains."""
+    try:
+        start = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise amibr.DataError(f"--init {path}: cannot read a checkpoint ({exc})") from None
+    if not isinstance(start, dict) or not {"arch", "config", "state_dict"} <= start.keys():
+        raise amibr.DataError(f"--init {path}: not a classifier checkpoint (no arch / config / state_dict)")
+    if phase_weight > 0 and not start["config"].get("phases"):
+        raise amibr.DataError(f"--init {path}: has no phase head, so --phase-weight {phase_weight} has nothing "
+                              "to train; start from a run trained with --phase-weight, or use --phase-weight 0")
+    return start
+
+
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of N x H x W x 3 uint8 images, in [0, 1] units."""
     x = images.reshape(-1, 3).astype(np.float64) / 255.0
@@ -203,11 +219,8 @@ def train(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
-    train_all, test = amibr.published_split(data_dir)
-    evaluated_on = "AMi-Br test split"
-    if cfg.holdout_domain >= 0:
-        train_all, test = amibr.leave_domain_out(train_all, test, cfg.holdout_domain)
-        evaluated_on = f"held-out domain {amibr.DOMAINS[cfg.holdout_domain]} (all its crops, both splits)"
+    start = load_init(cfg.init, cfg.phase_weight) if cfg.init else None
+    train_all, test, evaluated_on = amibr.evaluation_split(data_dir, cfg.holdout_domain)
     if cfg.limit:
         train_all = stratified_subset(train_all, cfg.limit, rng)
         test = stratified_subset(test, cfg.limit, rng)
@@ -221,8 +234,7 @@ def train(
     log(f"device: {device}")
 
     initialisation = "random (from scratch; no pretrained weights)"
-    if cfg.init:
-        start = torch.load(cfg.init, map_location="cpu", weights_only=False)
+    if start is not None:
         model_config = {"arch": start["arch"], **start["config"]}
         initialisation = (f"warm restart from {cfg.init} (epoch {start['metrics']['selected_epoch']} of: "
                           f"{start.get('command', '?')}), itself {start.get('initialisation', '?')}")
@@ -236,7 +248,7 @@ def train(
         if cfg.phase_weight > 0:
             model_config["phases"] = len(amibr.PHASES)
     net = build_classifier(**model_config).to(memory_format=torch.channels_last)
-    if cfg.init:
+    if start is not None:
         net.load_state_dict(start["state_dict"])
     net = net.to(device)
     log(f"initialisation: {initialisation}")
@@ -354,7 +366,9 @@ def train(
         "train_config": dataclasses.asdict(cfg),
         "history": history,
         "command": command,
-        "data": f"AMi-Br ({data_dir}): published training split, slide-held-out validation; test split for the report only",
+        "data": f"AMi-Br ({runtime.portable_path(data_dir)}): published training split"
+                + (f" without {amibr.DOMAINS[cfg.holdout_domain]}" if cfg.holdout_domain >= 0 else "")
+                + f", slide-held-out validation; {evaluated_on} for the report only",
         "initialisation": initialisation,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
