@@ -19,6 +19,7 @@ from torch import nn
 from .classifier import ResidualBlock, _conv_bn
 
 ARCH = "verifier-resnet-v1"
+ENSEMBLE_ARCH = "verifier-ensemble-v1"
 DEFAULT_MEAN = (0.70, 0.55, 0.70)
 DEFAULT_STD = (0.15, 0.18, 0.13)
 INPUT_SIZE = 64
@@ -47,10 +48,36 @@ class Verifier(nn.Module):
         return self.head(self.dropout(features)).reshape(image.shape[0])
 
 
-def build_verifier(arch: str = ARCH, **config) -> Verifier:
-    """The verifier from the ``config`` stored in a checkpoint."""
+class VerifierEnsemble(nn.Module):
+    """The mean logit of several :class:`Verifier` members, as one module (and so one exported
+    graph); each member normalises with its own buffers. ``mean``/``std``/``input_size`` are the
+    first member's (the members must share the input size)."""
+
+    def __init__(self, members: list[dict]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(build_verifier(**dict(m)) for m in members)
+        sizes = {m.input_size for m in self.members}
+        if len(sizes) != 1:
+            raise ValueError(f"ensemble members take different input sizes: {sorted(sizes)}")
+        self.input_size = sizes.pop()
+        self.register_buffer("mean", self.members[0].mean.clone())
+        self.register_buffer("std", self.members[0].std.clone())
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Mitosis logit averaged over the members, shape (N,)."""
+        return torch.stack([m(image) for m in self.members]).mean(0)
+
+
+def build_verifier(arch: str = ARCH, **config) -> nn.Module:
+    """The verifier from the ``config`` stored in a checkpoint: keyword arguments of
+    :class:`Verifier` for ``ARCH``; for ``ENSEMBLE_ARCH``, ``members``: a list of member configs
+    (each with its own ``arch``)."""
+    if arch == ENSEMBLE_ARCH:
+        return VerifierEnsemble(config["members"])
     if arch != ARCH:
-        raise ValueError(f"unknown verifier arch {arch!r}; this code builds {ARCH!r}")
+        raise ValueError(f"unknown verifier arch {arch!r}; this code builds {(ARCH, ENSEMBLE_ARCH)!r}")
     for key in ("mean", "std"):
         if key in config:
             config[key] = tuple(float(v) for v in config[key])

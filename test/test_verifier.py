@@ -3,6 +3,8 @@ the colour/JPEG augmentations it trains with."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -56,6 +58,49 @@ def test_onnx_export_matches_pytorch_with_a_dynamic_batch(tmp_path):
         assert got.shape == (n,)
         np.testing.assert_allclose(got, expected, atol=1e-4)
     assert export_verifier.ms_per_crop(path, threads=1, batch=4, repeats=2) > 0
+
+
+def _member(path, seed: int, verify_floor: float = 0.2, views: int = 4):
+    torch.manual_seed(seed)
+    net = Verifier(width=4).eval()
+    torch.save({"arch": "verifier-resnet-v1", "config": {"width": 4, "input_size": INPUT_SIZE},
+                "state_dict": net.state_dict(), "threshold": 1.0, "verify_floor": verify_floor, "views": views,
+                "command": f"train seed {seed}"}, path)
+    return net
+
+
+def test_an_ensemble_of_verifiers_exports_as_one_graph_of_their_mean_logit(tmp_path):
+    """Several checkpoints -> one ONNX graph whose logit is the members' mean (what the product then
+    averages over flip views); --save-checkpoint keeps it, with the threshold, for ./export.sh."""
+    import onnxruntime as ort
+
+    nets = [_member(tmp_path / f"m{i}.pt", i) for i in range(2)]
+    out = tmp_path / "verifier.onnx"
+    description, ckpt = export_verifier.export_checkpoint([tmp_path / "m0.pt", tmp_path / "m1.pt"], out, timing=False)
+    assert ckpt["arch"] == "verifier-ensemble-v1" and ckpt["views"] == 4 and ckpt["verify_floor"] == 0.2
+    assert description["input_size"] == INPUT_SIZE and description["onnx_vs_pytorch_max_abs_diff"] <= 1e-4
+    pixels = np.random.default_rng(0).integers(0, 256, (5, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    (got,) = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": pixels})
+    x = aug.to_float(torch.from_numpy(pixels))
+    with torch.no_grad():
+        expected = torch.stack([n(x) for n in nets]).mean(0).numpy()
+        assert not np.allclose(nets[0](x).numpy(), expected, atol=1e-3)  # the members do differ
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+    saved = tmp_path / "ensemble.pt"
+    assert export_verifier.main(["--checkpoint", str(tmp_path / "m0.pt"), str(tmp_path / "m1.pt"), "--out",
+                                 str(tmp_path / "again.onnx"), "--threshold", "3.5", "--save-checkpoint", str(saved)]) == 0
+    reloaded, again = export_verifier.load(saved)
+    assert again["threshold"] == 3.5 and again["views"] == 4 and again["command"] == "train seed 0 ; train seed 1"
+    with torch.no_grad():
+        np.testing.assert_allclose(reloaded(x).numpy(), expected, atol=1e-6)
+
+
+def test_an_ensemble_refuses_members_trained_for_another_floor(tmp_path):
+    _member(tmp_path / "a.pt", 0, verify_floor=0.2)
+    _member(tmp_path / "b.pt", 1, verify_floor=0.1)
+    with pytest.raises(export_verifier.export.ExportError, match="verify_floor"):
+        export_verifier.load([tmp_path / "a.pt", tmp_path / "b.pt"])
 
 
 def test_verifier_crops_are_centred_on_the_candidate():
@@ -244,3 +289,16 @@ def test_a_trained_verifier_installs_into_weights_and_the_product_uses_it(tmp_pa
         assert abs(models.verification_logit(views[0])[0] - expected) > 1e-4  # the views do differ
     crops = np.stack([pixels[100 - 26:100 + 38, 100 - 26:100 + 38]])  # any 64 px crop: the graph runs
     assert models.verification_logit(crops).shape == (1,)
+
+
+def test_a_held_out_fold_of_an_ensemble_reads_its_members_checkpoints(tmp_path):
+    import json
+
+    from training.verifier_heldout import fold_checkpoints
+
+    (tmp_path / "loso_00").mkdir()
+    (tmp_path / "loso_00" / "result.json").write_text(json.dumps({"holdout": "00"}))
+    (tmp_path / "a+b_00").mkdir()
+    (tmp_path / "a+b_00" / "result.json").write_text(json.dumps({"holdout": "00", "members": ["r/a_00", "r/b_00"]}))
+    assert fold_checkpoints(tmp_path / "loso_00") == [tmp_path / "loso_00" / "verifier.pt"]
+    assert fold_checkpoints(tmp_path / "a+b_00") == [Path("r/a_00/verifier.pt"), Path("r/b_00/verifier.pt")]

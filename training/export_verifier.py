@@ -4,6 +4,9 @@ time it on the CPU with ONNX Runtime, and write a JSON description beside it.
     python -m training.export_verifier --checkpoint training/runs/verifier/final/verifier.pt \\
         --out training/checkpoints/verifier.onnx [--copy-to /work/verifier-export] [--facts facts.json]
 
+Several ``--checkpoint`` files make one graph of their mean logit (``model.verifier.VerifierEnsemble``;
+``ensemble``).
+
 The graph: input ``image`` uint8 N x 64 x 64 x 3 RGB (dynamic batch; the run-time I/O contract of
 ``training/onnx_contract.py``: scaling and normalisation in the graph), output ``logit`` (N,). The
 export fails when ONNX Runtime and PyTorch (on the same pixels / 255) differ by more than
@@ -32,19 +35,41 @@ from mitosis_analysis.decision import logit  # noqa: E402
 from mitosis_analysis.inference import to_model_input  # noqa: E402
 from mitosis_analysis.manifest import Manifest, ModelEntry, sha256_file  # noqa: E402
 from mitosis_analysis.settings import MANIFEST_FILE  # noqa: E402
+from model.verifier import ENSEMBLE_ARCH  # noqa: E402
 from training import export  # noqa: E402
 from training.onnx_contract import FLOAT32_NCHW, UINT8_NHWC  # noqa: E402
-from training.runtime import write_json  # noqa: E402
+from training.runtime import save_checkpoint, write_json  # noqa: E402
 
 KIND = "verifier"
 VERIFIER_FILE = "verifier.onnx"
 
 
-def load(checkpoint: Path) -> tuple[torch.nn.Module, dict]:
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+def load(checkpoint: Path | list[Path]) -> tuple[torch.nn.Module, dict]:
+    """The verifier of a checkpoint, or of several as one ensemble (``ensemble``)."""
+    paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    ckpt = ensemble(paths) if len(paths) > 1 else torch.load(paths[0], map_location="cpu", weights_only=False)
     net = models.build(KIND, arch=ckpt["arch"], **ckpt["config"])
     net.load_state_dict(ckpt["state_dict"])
     return net.eval(), ckpt
+
+
+def ensemble(paths: list[Path]) -> dict:
+    """One checkpoint (``ENSEMBLE_ARCH``) for the mean logit of the verifiers in ``paths``: they must
+    have been trained to judge the same stage-1 floor and be scored with the same flip views; the
+    threshold is left to the caller (the members' were chosen for a single network)."""
+    ckpts = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
+    for key in ("verify_floor", "views"):
+        values = {c.get(key) for c in ckpts}
+        if len(values) != 1:
+            raise export.ExportError(f"ensemble members differ in {key}: {sorted(map(str, values))}")
+    config = {"members": [{"arch": c["arch"], **c["config"]} for c in ckpts]}
+    net = models.build(KIND, arch=ENSEMBLE_ARCH, **config)
+    for member, c in zip(net.members, ckpts):
+        member.load_state_dict(c["state_dict"])
+    return {"arch": ENSEMBLE_ARCH, "config": config, "state_dict": net.state_dict(), "threshold": None,
+            "verify_floor": ckpts[0].get("verify_floor"), "views": ckpts[0].get("views", 1),
+            "command": " ; ".join(str(c.get("command")) for c in ckpts), "data": ckpts[0].get("data"),
+            "created": max(str(c.get("created")) for c in ckpts), "members": [str(p) for p in paths]}
 
 
 def export_verifier(net: torch.nn.Module, path: Path, opset: int = 17, tolerance: float = 1e-4) -> float:
@@ -110,9 +135,10 @@ def ms_per_crop(path: Path, threads: int, batch: int = 64, size: int = 64, repea
     return float(np.median(times)) * 1000 / batch
 
 
-def export_checkpoint(checkpoint: Path, out: Path, opset: int = 17, tolerance: float = 1e-4,
+def export_checkpoint(checkpoint: Path | list[Path], out: Path, opset: int = 17, tolerance: float = 1e-4,
                       timing: bool = True) -> tuple[dict, dict]:
-    """Export a verifier checkpoint to ``out`` (parity-checked); its description and the checkpoint."""
+    """Export a verifier checkpoint (several: their ensemble) to ``out`` (parity-checked); its
+    description and the checkpoint."""
     net, ckpt = load(checkpoint)
     diff = export_verifier(net, out, opset, tolerance)
     description = {
@@ -125,7 +151,7 @@ def export_checkpoint(checkpoint: Path, out: Path, opset: int = 17, tolerance: f
         "input_name": "image",
         "input_format": UINT8_NHWC,
         "input": "uint8 N x S x S x 3 RGB, S = input_size; dynamic batch axis",
-        "input_size": int(ckpt["config"].get("input_size", 64)),
+        "input_size": int(net.input_size),
         "spacing_um": 0.25,
         "normalisation": {**export.normalisation(net), "applied": "in-graph"},
         "output_name": models.OUTPUT_NAMES[KIND],
@@ -137,14 +163,15 @@ def export_checkpoint(checkpoint: Path, out: Path, opset: int = 17, tolerance: f
         "verify_floor_used_in_training": ckpt.get("verify_floor"),
     }
     if timing:
-        description["ms_per_crop_batch64_onnxruntime_cpu"] = {f"{t}_threads": round(ms_per_crop(out, t), 4)
+        description["ms_per_crop_batch64_onnxruntime_cpu"] = {f"{t}_threads": round(ms_per_crop(out, t, size=int(net.input_size)), 4)
                                                               for t in (1, 2)}
     return description, ckpt
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, nargs="+", required=True,
+                        help="a verifier checkpoint; several: one graph of their mean logit")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "training" / "checkpoints" / "verifier.onnx")
     parser.add_argument("--copy-to", type=Path, default=None)
     parser.add_argument("--facts", type=Path, default=None, help="JSON merged into the description")
@@ -157,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="stage-1 probability floor (with --install-into; default: the checkpoint's)")
     parser.add_argument("--heldout", type=Path, default=None,
                         help="report of training.verifier_heldout, kept in the manifest's provenance (with --install-into)")
+    parser.add_argument("--save-checkpoint", type=Path, default=None, metavar="PT",
+                        help="also write the checkpoint exported (several: their ensemble), with --threshold, "
+                             "--views and --verify-floor in it: what ./export.sh reads as training/checkpoints/verifier.pt")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args(argv)
@@ -176,14 +206,24 @@ def main(argv: list[str] | None = None) -> int:
         if args.heldout:
             report = json.loads(args.heldout.read_text())
             metrics = {"verifier_leave_one_slide_out_icpr2012_A": {
-                "command": "python -m training.verifier_heldout", "pooled": report["pooled"],
+                "command": report.get("command", "python -m training.verifier_heldout"), "pooled": report["pooled"],
                 "per_slide": report["per_slide"]}}
         views = args.views or int(ckpt.get("views", 1))
         install_verifier(args.install_into, args.out, description, args.threshold, floor,
-                         note=f"Verifier {args.checkpoint} installed by `python -m training.export_verifier` "
+                         note=f"Verifier {' + '.join(map(str, args.checkpoint))} installed by "
+                              "`python -m training.export_verifier` "
                               f"(threshold logit {args.threshold:g} on the mean of {views} flip view(s), "
                               f"stage-1 floor {floor:g}).", metrics=metrics, views=views)
         print(f"installed into {args.install_into}", file=sys.stderr)
+    if args.save_checkpoint:
+        threshold = args.threshold if args.threshold is not None else ckpt.get("threshold")
+        if threshold is None:
+            raise export.ExportError("--save-checkpoint of an ensemble needs --threshold")
+        saved = {**ckpt, "threshold": float(threshold), "views": args.views or int(ckpt.get("views", 1)),
+                 "verify_floor": args.verify_floor if args.verify_floor is not None else ckpt.get("verify_floor")}
+        args.save_checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(saved, args.save_checkpoint)
+        print(f"saved {args.save_checkpoint}", file=sys.stderr)
     if args.copy_to:
         args.copy_to.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.out, args.copy_to / args.out.name)

@@ -2,11 +2,15 @@
 leave one slide out.
 
     python -m training.verifier_heldout [--runs training/runs/verifier] [--out training/runs/verifier/heldout.json]
+    python -m training.verifier_heldout --variant loso+seed1 --views 4 --threshold-rule out-of-fold ...
 
-For each slide ``s`` of ``SLIDES``: the verifier trained without it (``<runs>/loso_<s>/verifier.pt``)
+For each slide ``s`` of ``SLIDES``: the verifier trained without it (``<runs>/<variant>_<s>/verifier.pt``;
+for an ensemble made by ``verifier_report --ensemble``, its members' checkpoints as one graph)
 is exported to ONNX and installed (``export_verifier.install_verifier``) into a copy of
-``weights/``, at the threshold its training slides chose (``result.json``,
-``chosen_on_training_slides``) and the stage-1 floor it was trained to judge; then the product's
+``weights/``, with ``--views`` flip views (default: the checkpoint's), at the threshold its training
+slides chose (``result.json``, ``chosen_on_training_slides``; ``--threshold-rule out-of-fold``: the
+threshold best on the other slides' out-of-fold scores, ``verifier_report``) and the stage-1 floor
+it was trained to judge; then the product's
 own stage 1 (``pipeline.detect_candidates``) and stage 2 (``pipeline.verify_candidates``) run on
 every A field of slide ``s`` at its own 0.2456 um/px, and ``decision.decide_detections`` says which
 candidates are mitotic figures. The same candidates decided by the shipped weights alone (the
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import tempfile
@@ -45,8 +50,16 @@ from training.runtime import write_json  # noqa: E402
 RUNS_DIR = REPO_ROOT / "training" / "runs" / "verifier"
 
 
-def fold_weights(run: Path, shipped: Path, into: Path) -> Manifest:
-    """A copy of the shipped weights with the verifier of ``run`` installed (its chosen threshold)."""
+def fold_checkpoints(run: Path) -> list[Path]:
+    """The checkpoint of a run folder, or its members' (an ensemble folder of ``verifier_report``)."""
+    result = json.loads((run / "result.json").read_text())
+    return [Path(m) / "verifier.pt" for m in result["members"]] if "members" in result else [run / "verifier.pt"]
+
+
+def fold_weights(run: Path, shipped: Path, into: Path, threshold: float | None = None,
+                 views: int | None = None) -> Manifest:
+    """A copy of the shipped weights with the verifier of ``run`` installed at ``threshold`` (default:
+    the one its training slides chose for ``views`` flip views, default the checkpoint's)."""
     result = json.loads((run / "result.json").read_text())
     shutil.copytree(shipped, into)
     for extra in into.glob("verifier.*"):
@@ -55,21 +68,41 @@ def fold_weights(run: Path, shipped: Path, into: Path) -> Manifest:
     if manifest.verifier is not None:  # start from the one-stage weights
         raise SystemExit(f"{shipped}: remove the shipped verifier first (use the one-stage weights as --weights)")
     onnx = Path(tempfile.mkdtemp()) / "verifier.onnx"
-    description, ckpt = export_verifier.export_checkpoint(run / "verifier.pt", onnx, timing=False)
-    floor = float(result["args"]["verify_floor"])
-    views = int(ckpt.get("views", 1))
-    threshold = float(result["chosen_on_training_slides"]["threshold"])
+    description, ckpt = export_verifier.export_checkpoint(fold_checkpoints(run), onnx, timing=False)
+    floor = float(ckpt["verify_floor"])
+    views = views or int(ckpt.get("views", 1))
+    if threshold is None:
+        chosen = result["by_views"][str(views)] if str(views) in result.get("by_views", {}) else result
+        threshold = float(chosen["chosen_on_training_slides"]["threshold"])
     return export_verifier.install_verifier(into, onnx, description, threshold, floor, views=views)
 
 
-def evaluate(weights: Path, runs: Path, data: Path, slides: tuple[str, ...]) -> dict:
+def fold_thresholds(runs: Path, variant: str, data: Path, views: int | None, rule: str) -> dict[str, float | None]:
+    """Per slide: the threshold to judge it at (None: the one its fold's training slides chose)."""
+    if rule == "chosen":
+        return {s: None for s in rf.SLIDES}
+    from training.verifier_report import variant_summary
+
+    folds = [runs / f"{variant}_{s}" for s in rf.SLIDES if (runs / f"{variant}_{s}" / "result.json").is_file()]
+    summary = variant_summary(folds, rf.icpr_fields(data, ("A",)), views)
+    found = summary["pooled_at_out_of_fold_threshold"]["thresholds"]
+    missing = [s for s in rf.SLIDES if s not in found]
+    if missing:
+        raise SystemExit(f"error: out-of-fold thresholds need every slide's run ({variant}_<slide>); "
+                         f"none for {', '.join(missing)}")
+    return found
+
+
+def evaluate(weights: Path, runs: Path, data: Path, slides: tuple[str, ...], variant: str = "loso",
+             views: int | None = None, rule: str = "chosen") -> dict:
     fields = [f for f in rf.icpr_fields(data, scanners=("A",))]
-    report: dict = {"per_slide": {}, "fields": {}}
+    judged_at = fold_thresholds(runs, variant, data, views, rule)
+    report: dict = {"variant": variant, "views": views, "threshold_rule": rule, "per_slide": {}, "fields": {}}
     pooled = {"one_stage": DetectionCounts(), "two_stage": DetectionCounts()}
     baseline = Manifest.load(weights)
     with tempfile.TemporaryDirectory() as tmp:
         for s in slides:
-            manifest = fold_weights(runs / f"loso_{s}", weights, Path(tmp) / f"weights_{s}")
+            manifest = fold_weights(runs / f"{variant}_{s}", weights, Path(tmp) / f"weights_{s}", judged_at[s], views)
             settings = Settings(weights_dir=Path(tmp) / f"weights_{s}", device="cpu")
             models = load_models(settings)
             slide = {"one_stage": DetectionCounts(), "two_stage": DetectionCounts()}
@@ -103,8 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, default=REPO_ROOT / "weights", help="one-stage weights (no verifier)")
     parser.add_argument("--slides", nargs="+", default=list(rf.SLIDES))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--variant", default="loso", help="run folders <runs>/<variant>_<slide>")
+    parser.add_argument("--views", type=int, default=None, choices=(1, 2, 4, 8),
+                        help="flip views of the verifier (plan.verifier_views; default: the checkpoint's)")
+    parser.add_argument("--threshold-rule", choices=("chosen", "out-of-fold"), default="chosen",
+                        help="chosen: each fold's training slides; out-of-fold: best on the other slides' held-out scores")
     args = parser.parse_args(argv)
-    report = evaluate(args.weights, args.runs, args.data, tuple(args.slides))
+    report = evaluate(args.weights, args.runs, args.data, tuple(args.slides), args.variant, args.views,
+                      args.threshold_rule)
+    report["command"] = "python -m training.verifier_heldout " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     print(json.dumps({"pooled": report["pooled"], "per_slide": report["per_slide"]}, indent=1))
     if args.out:
         write_json(report, args.out)
