@@ -28,6 +28,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .ensemble import MeanEnsemble
+
 ARCH = "atypical-msresnet-v1"
 RESNET_ARCH = "atypical-resnet-v1"
 CONVNEXT_ARCH = "atypical-convnext-v1"
@@ -223,22 +225,11 @@ class ConvNeXtClassifier(_TwoHeads):
         return self.head_norm(self.body((image - self.mean) / self.std).mean(dim=(2, 3)))
 
 
-class ClassifierEnsemble(nn.Module):
-    """Mean P(atypical) of several :class:`AtypicalClassifier` members, as one module (and so one
-    exported graph). ``mean``/``std`` are the first member's (members trained on the same split
-    share them; each member still normalises with its own buffers)."""
+class ClassifierEnsemble(MeanEnsemble):
+    """Mean P(atypical) of several :class:`AtypicalClassifier` members (configs), as one module."""
 
     def __init__(self, members: list[dict]) -> None:
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one member")
-        self.members = nn.ModuleList(build_classifier(**dict(m)) for m in members)
-        self.register_buffer("mean", self.members[0].mean.clone())
-        self.register_buffer("std", self.members[0].std.clone())
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """p_atypical averaged over the members, shape (N,)."""
-        return torch.stack([m(image) for m in self.members]).mean(0)
+        super().__init__([build_classifier(**dict(m)) for m in members])
 
 
 _BUILDERS = {ARCH: AtypicalClassifier, RESNET_ARCH: ResNetClassifier, CONVNEXT_ARCH: ConvNeXtClassifier}

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .classifier import ResidualBlock, _conv_bn
+from .ensemble import MeanEnsemble
 
 ARCH = "verifier-resnet-v1"
 ENSEMBLE_ARCH = "verifier-ensemble-v1"
@@ -48,26 +49,16 @@ class Verifier(nn.Module):
         return self.head(self.dropout(features)).reshape(image.shape[0])
 
 
-class VerifierEnsemble(nn.Module):
-    """The mean logit of several :class:`Verifier` members, as one module (and so one exported
-    graph); each member normalises with its own buffers. ``mean``/``std``/``input_size`` are the
-    first member's (the members must share the input size)."""
+class VerifierEnsemble(MeanEnsemble):
+    """The mean logit of several :class:`Verifier` members (configs), as one module; ``input_size`` is
+    theirs (they must share it)."""
 
     def __init__(self, members: list[dict]) -> None:
-        super().__init__()
-        if not members:
-            raise ValueError("an ensemble needs at least one member")
-        self.members = nn.ModuleList(build_verifier(**dict(m)) for m in members)
+        super().__init__([build_verifier(**dict(m)) for m in members])
         sizes = {m.input_size for m in self.members}
         if len(sizes) != 1:
             raise ValueError(f"ensemble members take different input sizes: {sorted(sizes)}")
         self.input_size = sizes.pop()
-        self.register_buffer("mean", self.members[0].mean.clone())
-        self.register_buffer("std", self.members[0].std.clone())
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Mitosis logit averaged over the members, shape (N,)."""
-        return torch.stack([m(image) for m in self.members]).mean(0)
 
 
 def build_verifier(arch: str = ARCH, **config) -> nn.Module:

@@ -198,17 +198,17 @@ def main(argv: list[str] | None = None) -> int:
     write_json(description, args.out.with_suffix(".json"))
     print(f"{args.out}: max |ORT - PyTorch| {description['onnx_vs_pytorch_max_abs_diff']:.2e}; ms/crop at batch 64 "
           f"{description['ms_per_crop_batch64_onnxruntime_cpu']}", file=sys.stderr)
+    floor = args.verify_floor if args.verify_floor is not None else ckpt.get("verify_floor")
+    views = args.views or int(ckpt.get("views", 1))
     if args.install_into:
         if args.threshold is None:
             raise export.ExportError("--install-into needs --threshold")
-        floor = args.verify_floor if args.verify_floor is not None else ckpt.get("verify_floor")
         metrics = None
         if args.heldout:
             report = json.loads(args.heldout.read_text())
             metrics = {"verifier_leave_one_slide_out_icpr2012_A": {
                 "command": report.get("command", "python -m training.verifier_heldout"), "pooled": report["pooled"],
                 "per_slide": report["per_slide"]}}
-        views = args.views or int(ckpt.get("views", 1))
         install_verifier(args.install_into, args.out, description, args.threshold, floor,
                          note=f"Verifier {' + '.join(map(str, args.checkpoint))} installed by "
                               "`python -m training.export_verifier` "
@@ -219,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         threshold = args.threshold if args.threshold is not None else ckpt.get("threshold")
         if threshold is None:
             raise export.ExportError("--save-checkpoint of an ensemble needs --threshold")
-        saved = {**ckpt, "threshold": float(threshold), "views": args.views or int(ckpt.get("views", 1)),
-                 "verify_floor": args.verify_floor if args.verify_floor is not None else ckpt.get("verify_floor")}
+        saved = {**ckpt, "threshold": float(threshold), "views": views, "verify_floor": floor}
         args.save_checkpoint.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(saved, args.save_checkpoint)
         print(f"saved {args.save_checkpoint}", file=sys.stderr)
