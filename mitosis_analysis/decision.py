@@ -56,13 +56,27 @@ class Detection:
 
 
 def detection_logit(c: Candidate, thresholds: Thresholds) -> tuple[float, float]:
-    """(the logit a candidate is judged on, the threshold it must reach): the verifier's when the
-    weights have one (stage 2; the detector only proposed the candidate), else the detector's."""
-    if thresholds.verification_logit is not None:
-        if c.verification_logit is None:
-            raise ValueError("a candidate was not verified although the weights have a verifier")
-        return c.verification_logit, thresholds.verification_logit
-    return c.score, thresholds.detection_logit
+    """(the logit a candidate is judged on, the threshold it must reach). Without a verifier: the
+    detector's. With one: the verifier's (stage 2; the detector only proposes), except that a
+    candidate the verifier rejects but whose detector logit reaches ``detector_override_logit`` is
+    judged on the detector's logit and that threshold. So a candidate is a mitotic figure exactly when
+    its logit reaches its threshold, and the written probability (``centred_probability``) is >= 0.5
+    exactly then."""
+    if thresholds.verification_logit is None:
+        return c.score, thresholds.detection_logit
+    if c.verification_logit is None:
+        raise ValueError("a candidate was not verified although the weights have a verifier")
+    override = thresholds.detector_override_logit
+    if c.verification_logit < thresholds.verification_logit and override is not None and c.score >= override:
+        return c.score, override
+    return c.verification_logit, thresholds.verification_logit
+
+
+def decision_margin(c: Candidate, thresholds: Thresholds) -> float:
+    """How far a candidate's judged logit lies above its threshold (>= 0: a mitotic figure): one
+    scale for sweeping the product's decision whichever logit judges each candidate."""
+    z, t = detection_logit(c, thresholds)
+    return z - t
 
 
 def is_mitosis(c: Candidate, thresholds: Thresholds) -> bool:

@@ -80,6 +80,10 @@ class Thresholds(BaseModel):
     # With a verifier (stage 2): a candidate is a "mitotic figure" when the verifier's logit on a
     # crop around it reaches this (the detector's logit then only proposes candidates).
     verification_logit: float | None = Field(default=None, allow_inf_nan=False)
+    # With a verifier: a candidate whose *detector* logit reaches this is a "mitotic figure" whatever
+    # the verifier says (the verifier, trained on few domains, rejects many confident detections in
+    # others; None: the verifier alone decides).
+    detector_override_logit: float | None = Field(default=None, allow_inf_nan=False)
 
 
 class InferencePlan(BaseModel):
@@ -138,6 +142,8 @@ class Manifest(BaseModel):
     def _verifier_has_a_threshold(self) -> "Manifest":
         if (self.verifier is None) != (self.thresholds.verification_logit is None):
             raise ValueError("a verifier and thresholds.verification_logit go together")
+        if self.verifier is None and self.thresholds.detector_override_logit is not None:
+            raise ValueError("thresholds.detector_override_logit needs a verifier")
         if self.plan.tile_size % self.detector.output_stride:
             raise ValueError(f"plan.tile_size {self.plan.tile_size} is not a multiple of the detector's "
                              f"output_stride {self.detector.output_stride}")

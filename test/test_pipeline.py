@@ -98,6 +98,37 @@ def test_the_verifier_decides_which_candidates_are_mitotic_figures(tmp_path):
     assert detections[1].probability == pytest.approx(1 / (1 + np.exp(-40 * (0.2 - 70 / 255))), rel=1e-3)
     assert cands[0].atypical_logit is not None and cands[1].atypical_logit is None  # only figures classified
 
+    # the evaluation on crop mosaics judges what the product decides (stage 2), or stage 1 alone
+    from training.evaluate_detector import detect_with_pipeline
+
+    points, margins, threshold = detect_with_pipeline(image, weights)
+    order = np.argsort(points[:, 0])
+    t = models.manifest.thresholds.verification_logit
+    assert margins[order] == pytest.approx([c.verification_logit - t for c in cands], abs=1e-6) and threshold == 0
+    _, stage1, threshold1 = detect_with_pipeline(image, weights, verify=False)
+    assert stage1[np.argsort(points[:, 0])] == pytest.approx([c.score for c in cands], abs=1e-6)
+    assert threshold1 == models.manifest.thresholds.detection_logit
+
+
+def test_the_detector_override_accepts_what_the_verifier_rejects_only_when_the_detector_is_sure():
+    """``thresholds.detector_override_logit``: a candidate is a mitotic figure when the verifier accepts
+    it or the detector's logit reaches the override; the written probability is >= 0.5 exactly then."""
+    from mitosis_analysis.candidates import Candidate
+    from mitosis_analysis.decision import decide_detections, decision_margin
+    from mitosis_analysis.manifest import Thresholds
+
+    t = Thresholds(detection_logit=7.0, candidate_floor_logit=-1.0, atypical_logit=0.0, verification_logit=4.0,
+                   detector_override_logit=10.0)
+    cands = [Candidate(x=0, y=0, score=12.0, area=20, verification_logit=1.0),   # sure detector, verifier says no: yes
+             Candidate(x=1, y=0, score=9.0, area=20, verification_logit=1.0),    # detector not sure enough: no
+             Candidate(x=2, y=0, score=-1.0, area=20, verification_logit=5.0),   # the verifier accepts: yes
+             Candidate(x=3, y=0, score=12.0, area=20, verification_logit=6.0)]   # both: judged by the verifier
+    decided = {d.x: d for d in decide_detections(cands, t)}
+    assert [decided[x].is_mitosis for x in range(4)] == [True, False, True, True]
+    assert [decision_margin(c, t) for c in cands] == [2.0, -3.0, 1.0, 2.0]
+    assert all((d.probability >= 0.5) == d.is_mitosis for d in decided.values())
+    assert not decide_detections(cands[:1], t.model_copy(update={"detector_override_logit": None}))[0].is_mitosis
+
 
 def test_fixed_batches_and_io_binding_give_the_plain_session_output(synthetic_weights):
     """What the GPU path does (IO binding, buffers reused per shape, batches padded to one fixed

@@ -15,6 +15,7 @@ from mitosis_analysis.evaluate.detection import DetectionCounts
 from model.verifier import INPUT_SIZE, Verifier
 from training import augment as aug
 from training import export_verifier
+from training import real_fields as rf
 from training import train_verifier as tv
 
 
@@ -89,9 +90,11 @@ def test_an_ensemble_of_verifiers_exports_as_one_graph_of_their_mean_logit(tmp_p
 
     saved = tmp_path / "ensemble.pt"
     assert export_verifier.main(["--checkpoint", str(tmp_path / "m0.pt"), str(tmp_path / "m1.pt"), "--out",
-                                 str(tmp_path / "again.onnx"), "--threshold", "3.5", "--save-checkpoint", str(saved)]) == 0
+                                 str(tmp_path / "again.onnx"), "--threshold", "3.5", "--detector-override", "10",
+                                 "--save-checkpoint", str(saved)]) == 0
     reloaded, again = export_verifier.load(saved)
     assert again["threshold"] == 3.5 and again["views"] == 4 and again["command"] == "train seed 0 ; train seed 1"
+    assert again["detector_override_logit"] == 10.0  # ./export.sh installs it with the threshold
     with torch.no_grad():
         np.testing.assert_allclose(reloaded(x).numpy(), expected, atol=1e-6)
 
@@ -146,8 +149,8 @@ def test_best_threshold_takes_the_middle_of_a_plateau():
 
 
 def test_far_from():
-    assert tv.far_from(np.array([[0.0, 0.0], [10.0, 0.0]]), np.array([[0.0, 3.0]]), 5.0).tolist() == [False, True]
-    assert tv.far_from(np.array([[0.0, 0.0]]), np.zeros((0, 2)), 5.0).tolist() == [True]
+    assert rf.far_from(np.array([[0.0, 0.0], [10.0, 0.0]]), np.array([[0.0, 3.0]]), 5.0).tolist() == [False, True]
+    assert rf.far_from(np.array([[0.0, 0.0]]), np.zeros((0, 2)), 5.0).tolist() == [True]
 
 
 def test_hue_saturation_identity_grayscale_and_wide_augment():
@@ -178,7 +181,6 @@ def test_evaluate_and_report_on_the_real_fields_with_perfect_scores(tmp_path):
     """Ground-truth points scored high and far decoys scored low: F1 1 at the chosen threshold,
     on the held-out slide and pooled by the report."""
     from conftest import SHARED_DATA
-    from training import real_fields as rf
     from training import verifier_report
 
     if not (SHARED_DATA / "icpr2012" / "annotations.json").is_file():
@@ -266,12 +268,13 @@ def test_a_trained_verifier_installs_into_weights_and_the_product_uses_it(tmp_pa
     shutil.copytree(synthetic_weights, weights)
     description, ckpt = export_verifier.export_checkpoint(checkpoint, tmp_path / "out" / "verifier.onnx", timing=False)
     installed = export_verifier.install_verifier(weights, tmp_path / "out" / "verifier.onnx", description,
-                                                 ckpt["threshold"], ckpt["verify_floor"], note="test", views=8)
+                                                 ckpt["threshold"], ckpt["verify_floor"], note="test", views=8,
+                                                 detector_override_logit=9.0)
     manifest = Manifest.load(weights)
     assert manifest == installed
     assert manifest.verifier.output_name == "logit" and manifest.verifier.input_size == INPUT_SIZE
     assert manifest.verifier.input_format == "uint8-nhwc"  # beside float32 NCHW synthetic models
-    assert manifest.thresholds.verification_logit == 1.5
+    assert manifest.thresholds.verification_logit == 1.5 and manifest.thresholds.detector_override_logit == 9.0
     assert manifest.plan.verifier_views == 8  # the threshold was chosen on the mean of 8 flip views
     assert manifest.thresholds.candidate_floor_logit == pytest.approx(float(logit(0.2)))
     assert manifest.provenance.notes.endswith("test")
@@ -302,3 +305,48 @@ def test_a_held_out_fold_of_an_ensemble_reads_its_members_checkpoints(tmp_path):
     (tmp_path / "a+b_00" / "result.json").write_text(json.dumps({"holdout": "00", "members": ["r/a_00", "r/b_00"]}))
     assert fold_checkpoints(tmp_path / "loso_00") == [tmp_path / "loso_00" / "verifier.pt"]
     assert fold_checkpoints(tmp_path / "a+b_00") == [Path("r/a_00/verifier.pt"), Path("r/b_00/verifier.pt")]
+
+
+def test_training_mask_keeps_the_evaluation_crops_out():
+    """AMi-Br crops (and their mined candidates) train only when ``data.evaluation_split`` puts them in
+    training: never the test split, nor a held-out domain; the held-out ICPR slide never; the rest
+    (MITOS-ATYPIA-14, row -1) always."""
+    from conftest import AMIBR, SHARED_DATA, needs_amibr  # noqa: F401
+    from training import data as amibr
+
+    if not (AMIBR / amibr.TABLE_FILE).is_file():
+        pytest.skip(f"AMi-Br not found at {AMIBR}")
+    table = amibr.load_table(AMIBR)
+    train, test = amibr.published_split(AMIBR, table)
+    row = {c.name: i for i, c in enumerate(table)}
+    a_train, a_test = row[train[0].name], row[test[0].name]
+    other = next(c for c in train if c.domain != train[0].domain)
+    pool = {"slide": np.array(["00", "01", "", "", "", ""]),
+            "amibr": np.array([-1, -1, a_train, a_test, row[other.name], -1])}
+    assert tv.training_mask(pool, SHARED_DATA, "01").tolist() == [True, False, True, False, True, True]
+    held = tv.training_mask(pool, SHARED_DATA, None, holdout_domain=train[0].domain)
+    assert held.tolist() == [True, True, False, False, True, True]
+
+
+
+def test_amibr_report_tabulates_both_stages_and_the_mean_recall(tmp_path):
+    import json
+
+    from training import verifier_report
+
+    def figures(recall, fp, t):
+        return {"evaluated_on": "held-out domain X", "threshold": t, "recall_at_5fp_per_mm2": recall - 0.1,
+                "at_threshold": {"recall": recall, "fp_per_mm2": fp}, "stage1_recall_at_verify_floor": 0.99}
+
+    for name, (r2, r1) in {"lodo_d0": (0.7, 0.9), "lodo_d1": (0.5, 0.8)}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps(
+            {"amibr": {"4": figures(r2, 12.5, 4.0)}, "amibr_stage1_alone": figures(r1, 3.0, 7.6)}))
+    summary = verifier_report.amibr_summary([tmp_path / "lodo_d0", tmp_path / "lodo_d1"], 4)
+    assert summary["mean_recall_at_threshold"] == pytest.approx({"two_stages": 0.6, "stage1_alone": 0.85})
+    table = verifier_report.amibr_markdown(summary)
+    assert "| lodo_d1 | held-out domain X | 0.500 / 12.5 (4.00) | 0.400 | 0.800 / 3.0 (7.60) | 0.700 |" in table
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "result.json").write_text("{}")
+    with pytest.raises(SystemExit, match="no AMi-Br figures"):
+        verifier_report.amibr_summary([tmp_path / "old"], 4)

@@ -31,7 +31,7 @@ from mitosis_analysis.candidates import map_candidates
 from mitosis_analysis.inference import to_model_input
 from mitosis_analysis.manifest import InferencePlan
 from training.export import DEFAULT_CANDIDATE_FLOOR_LOGIT as CANDIDATE_FLOOR_LOGIT
-from training import plots
+from training import data, labels, plots
 
 SPACING_MM = 0.00025
 MATCH_RADIUS_MM = 0.0075
@@ -46,6 +46,7 @@ class Mosaic:
     gt_points: np.ndarray  # (n, 2) x, y in mosaic pixels
     n_crops: int
     crop_size: int
+    cols: int  # crops per row (row-major)
 
     @property
     def crop_area_mm2(self) -> float:
@@ -68,7 +69,15 @@ def build_mosaic(images: np.ndarray, points: Sequence[np.ndarray], cols: int | N
         r, c = divmod(i, cols)
         mosaic[r * s : (r + 1) * s, c * s : (c + 1) * s] = images[i]
         gts.append(np.asarray(points[i], dtype=float).reshape(-1, 2) + [c * s, r * s])
-    return Mosaic(mosaic, np.concatenate(gts) if gts else np.zeros((0, 2)), n, s)
+    return Mosaic(mosaic, np.concatenate(gts) if gts else np.zeros((0, 2)), n, s, cols)
+
+
+def crop_mosaic(crops: Sequence, annotations: dict, cols: int | None = None) -> Mosaic:
+    """The evaluation mosaic of AMi-Br crops (``training.data.Crop``): ground truth = every
+    annotated mitosis inside each crop (``labels.crop_points``; ``annotations`` from
+    ``labels.slide_annotations``)."""
+    points = [labels.crop_points(c, annotations)[0] for c in crops]
+    return build_mosaic(data.load_crops(crops), points, cols=cols)
 
 
 # --- the product's post-processing ---------------------------------------------------------------

@@ -8,7 +8,9 @@ one image; the ground truth is every annotated mitosis inside each crop (``train
 The checkpoint is exported to ONNX (``training/export.py``) in ``<out>/weights`` and run by the
 product's own Track 1 detection (``mitosis_analysis.pipeline.detect_candidates``: 512 px tiles, 50 %
 overlap, blending, components, centroids, NMS at 7.5 um) with ``--engine pipeline`` (default); or
-with ``--engine local``, the PyTorch checkpoint through the same pipeline (no export). Output: ``<out>/<split>_metrics.json`` (sweep and the figures at the checkpoint's
+with ``--engine local``, the PyTorch checkpoint through the same pipeline (no export). With
+``--weights DIR``, exported weights are judged as the product decides (``--stage 2``, default: the
+verifier's logit and threshold when the weights have one) or by their detector alone (``--stage 1``). Output: ``<out>/<split>_metrics.json`` (sweep and the figures at the checkpoint's
 threshold, chosen on validation) and ``<out>/<split>_sweep.png``.
 
 Caveat: the crops are centred on mitoses and hold mostly ordinary nuclei and stroma; real ROIs
@@ -46,15 +48,25 @@ def split_crops(data_dir: Path, split: str, val_fraction: float = 0.15, seed: in
     return table, {"val": val, "train": train}[split]
 
 
-def detect_with_pipeline(image: np.ndarray, weights_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def detect_with_pipeline(image: np.ndarray, weights_dir: Path, verify: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
+    """(points, scores, threshold) of what the product decides on ``image`` with ``weights_dir``:
+    without a verifier, or with ``verify=False`` (stage 1 alone), the detector's logits and threshold;
+    with one, each candidate's ``decision.decision_margin`` (its judged logit minus its threshold:
+    the verifier's, or the detector's where the detector override applies) and threshold 0."""
+    from mitosis_analysis.decision import decision_margin
     from mitosis_analysis.inference import load_models
-    from mitosis_analysis.pipeline import detect_candidates
+    from mitosis_analysis.pipeline import detect_candidates, verify_candidates
     from mitosis_analysis.settings import Settings
 
     settings = Settings(weights_dir=weights_dir, device="cpu")
-    candidates = detect_candidates(image, load_models(settings), settings)
+    models = load_models(settings)
+    candidates = detect_candidates(image, models, settings)
     points = np.array([[c.x, c.y] for c in candidates], dtype=float).reshape(-1, 2)
-    return points, np.array([c.score for c in candidates], dtype=float)
+    thresholds = models.manifest.thresholds
+    if not verify or thresholds.verification_logit is None:
+        return points, np.array([c.score for c in candidates], dtype=float), thresholds.detection_logit
+    candidates = verify_candidates(image, candidates, models, settings)
+    return points, np.array([decision_margin(c, thresholds) for c in candidates], dtype=float), 0.0
 
 
 def detect_locally(image: np.ndarray, checkpoint: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -80,6 +92,9 @@ def main(argv=None) -> int:
     p.add_argument("--weights", type=Path, default=None,
                    help="evaluate these exported weights (ONNX + manifest) through the pipeline instead of a "
                         "checkpoint; --choose-threshold then only prints the threshold to put in the manifest")
+    p.add_argument("--stage", type=int, choices=(1, 2), default=2,
+                   help="with --weights: 2 = what the product decides (the verifier's logits and threshold when the "
+                        "weights have one), 1 = the detector's candidates alone")
     p.add_argument("--cols", type=int, default=None, help="crops per mosaic row (default: square)")
     p.add_argument("--threads", type=int, default=None, help="PyTorch threads (--engine local)")
     p.add_argument("--choose-threshold", choices=("roi-f1", "fp-budget"), default=None,
@@ -94,19 +109,23 @@ def main(argv=None) -> int:
     if args.weights is not None:
         from mitosis_analysis.manifest import Manifest
 
-        checkpoint = {"threshold_logit": Manifest.load(args.weights).thresholds.detection_logit}
+        manifest = Manifest.load(args.weights)
+        if args.choose_threshold and manifest.verifier is not None and args.stage == 2:
+            p.error("--choose-threshold picks the detector's threshold, but these weights are judged by their "
+                    "verifier (stage 2): add --stage 1")
+        checkpoint = {}  # the threshold is the product's: detect_with_pipeline's
     else:
         checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     table, crops = split_crops(args.data, args.split)
     annotations = label_lib.slide_annotations(table, label_lib.midogpp_points(args.data / label_lib.MIDOGPP_FILE))
-    points = [label_lib.crop_points(c, annotations)[0] for c in crops]
-    mosaic = ev.build_mosaic(data.load_crops(crops), points, cols=args.cols)
+    mosaic = ev.crop_mosaic(crops, annotations, cols=args.cols)
     print(f"{args.split}: {data.summary(crops)}; mosaic {mosaic.image.shape[1]}x{mosaic.image.shape[0]} px, "
           f"{len(mosaic.gt_points)} annotated mitoses, crop area {mosaic.crop_area_mm2:.4f} mm^2", file=sys.stderr)
 
     t0 = time.time()
     if args.weights is not None:
-        det_points, scores = detect_with_pipeline(mosaic.image, args.weights)
+        det_points, scores, checkpoint["threshold_logit"] = detect_with_pipeline(mosaic.image, args.weights,
+                                                                                  verify=args.stage == 2)
     elif args.engine == "pipeline":
         pass  # training.export is imported at the top
 
@@ -115,7 +134,7 @@ def main(argv=None) -> int:
         export.main(["--checkpoints", str(ckpt_dir), "--weights", str(weights),
                      "--command", "training/evaluate_detector.py (evaluation copy)"])
         t0 = time.time()
-        det_points, scores = detect_with_pipeline(mosaic.image, weights)
+        det_points, scores, _ = detect_with_pipeline(mosaic.image, weights, verify=False)  # the checkpoint's threshold
     else:
         det_points, scores = detect_locally(mosaic.image, checkpoint)
     seconds = time.time() - t0
@@ -147,7 +166,7 @@ def main(argv=None) -> int:
     threshold = export.checkpoint_threshold_logit(checkpoint, "detector")
     at = sweep.at(threshold)
     result = {
-        "split": args.split, "engine": args.engine, "checkpoint": str(args.checkpoint),
+        "split": args.split, "engine": args.engine, "stage": args.stage if args.weights is not None else 1, "checkpoint": str(args.checkpoint),
         "command": "python -m training.evaluate_detector " + " ".join(argv if argv is not None else sys.argv[1:]),
         "n_crops": mosaic.n_crops, "n_annotated_mitoses": len(mosaic.gt_points),
         "crop_area_mm2": mosaic.crop_area_mm2, "mosaic_px": list(mosaic.image.shape[:2]),

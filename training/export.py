@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         views = int(ckpt.get("views", 1))  # checkpoints before --views were thresholded on one view
         export_verifier.install_verifier(args.weights, args.weights / export_verifier.VERIFIER_FILE, description,
                                          ckpt["threshold"], ckpt["verify_floor"], views=views,
+                                         detector_override_logit=ckpt.get("detector_override_logit"),
                                          note=f"Verifier {verifier} (threshold logit {ckpt['threshold']:g} on the "
                                               f"mean of {views} flip view(s), stage-1 floor {ckpt['verify_floor']:g}).")
         print(f"installed the verifier {verifier} into {args.weights}", file=sys.stderr)

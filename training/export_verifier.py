@@ -84,12 +84,14 @@ def export_verifier(net: torch.nn.Module, path: Path, opset: int = 17, tolerance
 
 
 def install_verifier(weights_dir: Path, onnx_path: Path, description: dict, threshold_logit: float,
-                     verify_floor: float, note: str = "", metrics: dict | None = None, views: int = 1) -> Manifest:
+                     verify_floor: float, note: str = "", metrics: dict | None = None, views: int = 1,
+                     detector_override_logit: float | None = None) -> Manifest:
     """Add the verifier to the weights in ``weights_dir``: the ONNX file copied in, a ``verifier``
     entry in the manifest, ``thresholds.verification_logit`` (chosen for the mean logit over
     ``views`` flip views, which becomes ``plan.verifier_views``) and the candidate floor raised to
     ``verify_floor`` (the stage-1 probability the verifier was trained to judge: candidates below
-    it are neither verified nor reported). The manifest is validated before it is written."""
+    it are neither verified nor reported), and ``thresholds.detector_override_logit`` (None: the
+    verifier alone decides). The manifest is validated before it is written."""
     weights_dir = Path(weights_dir)
     manifest = Manifest.load(weights_dir)
     target = weights_dir / VERIFIER_FILE
@@ -101,7 +103,8 @@ def install_verifier(weights_dir: Path, onnx_path: Path, description: dict, thre
                        normalisation=description["normalisation"], parameters=description.get("parameters"),
                        opset=description.get("opset"))
     thresholds = manifest.thresholds.model_copy(update={
-        "verification_logit": float(threshold_logit), "candidate_floor_logit": float(logit(verify_floor))})
+        "verification_logit": float(threshold_logit), "candidate_floor_logit": float(logit(verify_floor)),
+        "detector_override_logit": None if detector_override_logit is None else float(detector_override_logit)})
     notes = " ".join(x for x in (manifest.provenance.notes, note) if x)
     all_metrics = {**(manifest.provenance.metrics or {}), **(metrics or {})} or None
     updated = Manifest.model_validate({**manifest.model_dump(), "verifier": entry.model_dump(),
@@ -182,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="flip views the threshold was chosen for (plan.verifier_views; default: the checkpoint's)")
     parser.add_argument("--verify-floor", type=float, default=None,
                         help="stage-1 probability floor (with --install-into; default: the checkpoint's)")
+    parser.add_argument("--detector-override", type=float, default=None, metavar="LOGIT",
+                        help="thresholds.detector_override_logit: a candidate whose detector logit reaches this is a "
+                             "mitotic figure whatever the verifier says (default: the checkpoint's, else none)")
     parser.add_argument("--heldout", type=Path, default=None,
                         help="report of training.verifier_heldout, kept in the manifest's provenance (with --install-into)")
     parser.add_argument("--save-checkpoint", type=Path, default=None, metavar="PT",
@@ -200,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{description['ms_per_crop_batch64_onnxruntime_cpu']}", file=sys.stderr)
     floor = args.verify_floor if args.verify_floor is not None else ckpt.get("verify_floor")
     views = args.views or int(ckpt.get("views", 1))
+    override = args.detector_override if args.detector_override is not None else ckpt.get("detector_override_logit")
     if args.install_into:
         if args.threshold is None:
             raise export.ExportError("--install-into needs --threshold")
@@ -213,13 +220,16 @@ def main(argv: list[str] | None = None) -> int:
                          note=f"Verifier {' + '.join(map(str, args.checkpoint))} installed by "
                               "`python -m training.export_verifier` "
                               f"(threshold logit {args.threshold:g} on the mean of {views} flip view(s), "
-                              f"stage-1 floor {floor:g}).", metrics=metrics, views=views)
+                              f"stage-1 floor {floor:g}"
+                              + (f", detector override logit {override:g}" if override is not None else "") + ").",
+                         metrics=metrics, views=views, detector_override_logit=override)
         print(f"installed into {args.install_into}", file=sys.stderr)
     if args.save_checkpoint:
         threshold = args.threshold if args.threshold is not None else ckpt.get("threshold")
         if threshold is None:
             raise export.ExportError("--save-checkpoint of an ensemble needs --threshold")
-        saved = {**ckpt, "threshold": float(threshold), "views": views, "verify_floor": floor}
+        saved = {**ckpt, "threshold": float(threshold), "views": views, "verify_floor": floor,
+                 "detector_override_logit": override}
         args.save_checkpoint.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(saved, args.save_checkpoint)
         print(f"saved {args.save_checkpoint}", file=sys.stderr)

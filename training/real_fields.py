@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -268,6 +269,15 @@ def cached_floors(name: str, cache_dir: Path | str = CACHE_DIR) -> list[float]:
     """The floors at which a field's stage-1 candidates are cached."""
     with open(candidates_path(name, cache_dir)) as f:
         return sorted(float(k) for k in json.load(f)["candidates"])
+
+
+def far_from(points: np.ndarray, truth: np.ndarray, radius: float) -> np.ndarray:
+    """True for points farther than ``radius`` from every truth point."""
+    points, truth = np.asarray(points, float).reshape(-1, 2), np.asarray(truth, float).reshape(-1, 2)
+    if len(truth) == 0 or len(points) == 0:
+        return np.ones(len(points), dtype=bool)
+    d, _ = cKDTree(truth).query(points, k=1)
+    return d > radius
 
 
 def in_ignore(ignore: np.ndarray | None, xy: np.ndarray) -> np.ndarray:

@@ -21,12 +21,16 @@ negatives  ``cand_A``     stage-1 candidates (score >= --verify-floor) on A fiel
 
 Each batch is half positives, half negatives; within each half the sources are drawn with the
 weights of ``SOURCE_WEIGHTS`` (``--drop cand_H`` removes a source, for ablations). ICPR slides of the
-held-out fold (A and H of that slide) are excluded from every source; AMi-Br and MITOS-ATYPIA-14
-are always in training.
+held-out fold (A and H of that slide) are excluded from every source. AMi-Br crops are in training
+as ``data.evaluation_split`` says: the published training split, or with ``--holdout-domain d`` the
+training split without domain d; MITOS-ATYPIA-14 always.
 
 After training, every scanner-A candidate of every slide is scored; the run writes
 ``scores.npz`` (field index, x, y, stage-1 score, logit) and ``result.json`` (held-out F1 at 7.5 um
-with the threshold chosen on the training slides, the oracle threshold, the stage-1 baseline).
+with the threshold chosen on the training slides, the oracle threshold, the stage-1 baseline). The
+stage-1 candidates of the AMi-Br evaluation mosaic (the test split, or the held-out domain) are
+scored too (``amibr_scores.npz``; ``result.json`` ``amibr``: recall and false detections per mm^2 of
+crop area at the chosen threshold, as ``evaluate_detector --split test`` measures the product).
 
     python -m training.train_verifier --holdout 00 --out training/runs/verifier/loso_00
     python -m training.train_verifier --out training/runs/verifier/final   # all five slides
@@ -49,12 +53,18 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from mitosis_analysis.classify import extract_crops, tta_views  # noqa: E402
+from mitosis_analysis.decision import logit  # noqa: E402
+from mitosis_analysis.manifest import Manifest  # noqa: E402
+from mitosis_analysis.settings import Settings  # noqa: E402
 from mitosis_analysis.evaluate.detection import DetectionCounts, count_matches  # noqa: E402
 from model.verifier import ARCH, INPUT_SIZE, build_verifier  # noqa: E402
 from training import augment as aug  # noqa: E402
+from training import crop_mosaics  # noqa: E402
+from training import detector_eval as ev  # noqa: E402
 from training import data as amibr  # noqa: E402
 from training import labels as label_lib  # noqa: E402
 from training import real_fields as rf  # noqa: E402
+from training.real_fields import far_from  # noqa: E402
 from training import runtime  # noqa: E402
 from training.train_classifier import focal_loss, lr_factor  # noqa: E402
 
@@ -80,20 +90,11 @@ SOURCES = POSITIVE_SOURCES + NEGATIVE_SOURCES
 # reaches this (recall 0.942 on the 35 A fields, as at the product floor; ~110 candidates per Mpx).
 VERIFY_FLOOR = 0.2
 RANDOM_PER_FIELD = 40
-POOL_VERSION = 2  # bumped when build_pool's sources change, so that a cached pool is not reused
+POOL_VERSION = 4  # bumped when build_pool's sources change, so that a cached pool is not reused
 CORNER_INSET = 36  # px: where AMi-Br crops give an easy negative (see build_pool)
 
 
 # --- the pool of crops ----------------------------------------------------------------------------
-
-
-def far_from(points: np.ndarray, truth: np.ndarray, radius: float) -> np.ndarray:
-    """True for points farther than ``radius`` from every truth point."""
-    points, truth = np.asarray(points, float).reshape(-1, 2), np.asarray(truth, float).reshape(-1, 2)
-    if len(truth) == 0 or len(points) == 0:
-        return np.ones(len(points), dtype=bool)
-    d = np.sqrt(((points[:, None] - truth[None]) ** 2).sum(-1))
-    return d.min(1) > radius
 
 
 def field_candidates(field: rf.Field, verify_floor: float, cache: Path) -> np.ndarray:
@@ -106,12 +107,13 @@ def field_candidates(field: rf.Field, verify_floor: float, cache: Path) -> np.nd
 def build_pool(data: Path, cache: Path, verify_floor: float = VERIFY_FLOOR, size: int = POOL_SIZE, seed: int = 0) -> dict:
     """All training crops (``size`` px) with source, label and ICPR slide ("" outside ICPR)."""
     rng = np.random.default_rng(seed)
-    images, source, slide = [], [], []
+    images, source, slide, amibr_row = [], [], [], []
 
-    def add(crops: np.ndarray, src: str, sl: str | np.ndarray) -> None:
+    def add(crops: np.ndarray, src: str, sl: str | np.ndarray, rows: np.ndarray | None = None) -> None:
         images.append(crops)
         source.extend([src] * len(crops))
         slide.extend(list(sl) if isinstance(sl, np.ndarray) else [sl] * len(crops))
+        amibr_row.extend(np.full(len(crops), -1) if rows is None else rows)
 
     for field in rf.icpr_fields(data):
         loaded = rf.load_field(field, cache)
@@ -133,7 +135,7 @@ def build_pool(data: Path, cache: Path, verify_floor: float = VERIFY_FLOOR, size
     table = amibr.load_table(data / "ami-br")
     pixels = amibr.load_crops(table)
     c = amibr.CROP_SIZE // 2
-    add(extract_crops_each(pixels, np.tile([[c, c]], (len(table), 1)), size), "amibr_pos", "")
+    add(extract_crops_each(pixels, np.tile([[c, c]], (len(table), 1)), size), "amibr_pos", "", np.arange(len(table)))
     annotations = label_lib.slide_annotations(table, label_lib.midogpp_points(data / label_lib.MIDOGPP_FILE))
     radius = label_lib.MATCH_RADIUS_UM / label_lib.SPACING_UM
     # a point CORNER_INSET px in from each corner of the 128 px crop (40 px from its centre, which is
@@ -152,7 +154,7 @@ def build_pool(data: Path, cache: Path, verify_floor: float = VERIFY_FLOOR, size
         if len(free):
             neg_idx.append(i)
             neg_xy.append(free[rng.integers(len(free))])
-    add(extract_crops_each(pixels[neg_idx], np.array(neg_xy), size), "amibr_neg", "")
+    add(extract_crops_each(pixels[neg_idx], np.array(neg_xy), size), "amibr_neg", "", np.array(neg_idx))
 
     ma, ma_label, _ = rf.mitos_atypia(data)
     ma = rf.reflect_pad(ma, size)
@@ -160,6 +162,7 @@ def build_pool(data: Path, cache: Path, verify_floor: float = VERIFY_FLOOR, size
     add(ma[ma_label == 0], "ma_neg", "")
     source_arr = np.array(source)
     return {"images": np.concatenate(images), "source": source_arr, "slide": np.array(slide),
+            "amibr": np.asarray(amibr_row, dtype=np.int64),
             "label": np.isin(source_arr, POSITIVE_SOURCES).astype(np.float32)}
 
 
@@ -181,6 +184,17 @@ def load_pool(data: Path, cache: Path, verify_floor: float, size: int = POOL_SIZ
     np.savez(tmp, **pool)
     tmp.replace(path)
     return pool
+
+
+def training_mask(pool: dict, data: Path, holdout: str | None, holdout_domain: int = -1) -> np.ndarray:
+    """The pool's crops a run may train on: none of the held-out ICPR slide, and of AMi-Br only the
+    crops ``data.evaluation_split`` puts in training (and the negatives cut from them)."""
+    table = amibr.load_table(data / "ami-br")
+    training, _evaluated, _what = amibr.evaluation_split(data / "ami-br", holdout_domain)
+    names = {c.name for c in training}
+    in_training = np.array([c.name in names for c in table])
+    row = pool["amibr"]
+    return (pool["slide"] != (holdout or "none")) & ((row < 0) | in_training[np.maximum(row, 0)])
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -285,6 +299,30 @@ def score_fields(net, data: Path, cache: Path, verify_floor: float, views: int =
             **{f"logit_views_{n}": a[:, 5 + k] for k, n in enumerate(SCORED_VIEWS)}}
 
 
+def score_amibr(net, data: Path, cache: Path, verify_floor: float, holdout_domain: int = -1):
+    """(scores, mosaic): the logits (``logit_views_<n>``) of the stage-1 candidates (score >= verify_floor)
+    on the AMi-Br evaluation mosaic (``crop_mosaics.evaluation_mosaic``)."""
+    _crops, mosaic, described = crop_mosaics.evaluation_mosaic(data, holdout_domain)
+    found = crop_mosaics.mosaic_candidates(crop_mosaics.mosaic_name(holdout_domain), mosaic, verify_floor, cache)
+    by_views = logits_by_views(net, extract_crops(mosaic.image, found[:, :2], net.input_size))
+    return {"xy": found[:, :2], "stage1": found[:, 2], **{f"logit_views_{n}": by_views[n] for n in SCORED_VIEWS},
+            "evaluated_on": np.array(described)}, mosaic
+
+
+AMIBR_THRESHOLDS = np.round(np.arange(-8.0, 16.0001, 0.05), 2)  # verifier and detector logits
+
+
+def evaluate_amibr(scores: dict, mosaic, threshold: float, logits: np.ndarray) -> dict:
+    """Recall and false detections per mm^2 of crop area on the AMi-Br mosaic when the candidates
+    with ``logits >= threshold`` are the detections (``detector_eval.sweep``, as ``evaluate_detector``
+    judges the product); the recall within 5 per mm^2 at the best threshold; the recall of all
+    candidates (stage 1's ceiling)."""
+    sweep = ev.sweep(scores["xy"], logits, mosaic.gt_points, mosaic.crop_area_mm2, AMIBR_THRESHOLDS)
+    every = ev.sweep(scores["xy"], logits, mosaic.gt_points, mosaic.crop_area_mm2, [-np.inf])
+    return {"evaluated_on": str(scores["evaluated_on"]), "threshold": threshold, "at_threshold": sweep.at(threshold),
+            "recall_at_5fp_per_mm2": sweep.recall_at_fp(5.0), "stage1_recall_at_verify_floor": float(every.recall[0])}
+
+
 def f1_by_threshold(fields: list[rf.Field], scores: dict, keep_fields: list[int], thresholds: np.ndarray,
                     key: str = "logit") -> list[DetectionCounts]:
     """Micro counts over ``keep_fields`` when candidates with ``scores[key] >= t`` are detections."""
@@ -354,13 +392,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight", action="append", default=[], metavar="SOURCE=W",
                         help="sampling weight of a source within its half (repeatable), e.g. cand_A=0.6")
     parser.add_argument("--no-aug", action="store_true", help="ablation: dihedral only (no colour/blur/JPEG)")
+    parser.add_argument("--holdout-domain", type=int, default=-1, choices=range(-1, len(amibr.DOMAINS)),
+                        help="AMi-Br domain held out (index into data.DOMAINS; -1: the published split)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     pool = load_pool(args.data, args.cache, args.verify_floor, pool_size(args.input_size, args.jitter))
-    allowed = pool["slide"] != (args.holdout or "none")
+    allowed = training_mask(pool, args.data, args.holdout, args.holdout_domain)
     counts = {s: int((allowed & (pool["source"] == s)).sum()) for s in SOURCES}
     print(f"pool: {counts} ({time.perf_counter() - t0:.0f} s)", flush=True)
     net = train(pool, allowed, args)
@@ -369,6 +409,13 @@ def main(argv: list[str] | None = None) -> int:
     np.savez(args.out / "scores.npz", **scores)
     by_views = {str(n): evaluate(scores, args.data, args.holdout, key=f"logit_views_{n}") for n in SCORED_VIEWS}
     result = {**by_views[str(args.views)], "by_views": by_views}  # ``logit`` is the --views column
+    mosaic_scores, mosaic = score_amibr(net, args.data, args.cache, args.verify_floor, args.holdout_domain)
+    np.savez(args.out / "amibr_scores.npz", **mosaic_scores)
+    result["amibr"] = {n: evaluate_amibr(mosaic_scores, mosaic, by_views[n]["chosen_on_training_slides"]["threshold"],
+                                         mosaic_scores[f"logit_views_{n}"]) for n in by_views}
+    detection_logit = Manifest.load(Settings.from_env(device="cpu").weights_dir).thresholds.detection_logit
+    result["amibr_stage1_alone"] = evaluate_amibr(mosaic_scores, mosaic, detection_logit,
+                                                  logit(np.clip(mosaic_scores["stage1"], 1e-7, 1 - 1e-7)))
     result.update({"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                    "pool_counts": counts, "train_seconds": round(train_s, 1)})
     runtime.write_json(result, args.out / "result.json")
@@ -378,8 +425,10 @@ def main(argv: list[str] | None = None) -> int:
                                  "mean": net.mean.flatten().tolist(), "std": net.std.flatten().tolist()},
         "state_dict": net.state_dict(), "threshold": result["chosen_on_training_slides"]["threshold"],
         "verify_floor": args.verify_floor, "metrics": result, "command": command,
-        "data": "ICPR 2012 A+H (slides other than the held-out one), AMi-Br crops, MIDOG++ hard negatives "
-                "inside AMi-Br crops, MITOS-ATYPIA-14 crops; from scratch, no pretrained weights",
+        "data": "ICPR 2012 A+H (slides other than the held-out one), AMi-Br crops of the training split "
+                "(data.evaluation_split), MIDOG++ hard negatives inside them, MITOS-ATYPIA-14 crops; "
+                "from scratch, no pretrained weights",
+        "holdout_domain": args.holdout_domain,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }, args.out / "verifier.pt")
     h = result.get("heldout")

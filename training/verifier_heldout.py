@@ -94,15 +94,17 @@ def fold_thresholds(runs: Path, variant: str, data: Path, views: int | None, rul
 
 
 def evaluate(weights: Path, runs: Path, data: Path, slides: tuple[str, ...], variant: str = "loso",
-             views: int | None = None, rule: str = "chosen") -> dict:
+             views: int | None = None, rule: str = "chosen", detector_override: float | None = None) -> dict:
     fields = [f for f in rf.icpr_fields(data, scanners=("A",))]
     judged_at = fold_thresholds(runs, variant, data, views, rule)
-    report: dict = {"variant": variant, "views": views, "threshold_rule": rule, "per_slide": {}, "fields": {}}
+    report: dict = {"variant": variant, "views": views, "threshold_rule": rule, "detector_override_logit": detector_override,
+                    "per_slide": {}, "fields": {}}
     pooled = {"one_stage": DetectionCounts(), "two_stage": DetectionCounts()}
     baseline = Manifest.load(weights)
     with tempfile.TemporaryDirectory() as tmp:
         for s in slides:
             manifest = fold_weights(runs / f"{variant}_{s}", weights, Path(tmp) / f"weights_{s}", judged_at[s], views)
+            two_stage = manifest.thresholds.model_copy(update={"detector_override_logit": detector_override})
             settings = Settings(weights_dir=Path(tmp) / f"weights_{s}", device="cpu")
             models = load_models(settings)
             slide = {"one_stage": DetectionCounts(), "two_stage": DetectionCounts()}
@@ -113,7 +115,7 @@ def evaluate(weights: Path, runs: Path, data: Path, slides: tuple[str, ...], var
                                                models, settings)
                 radius = loaded.radius_px
                 counts = {}
-                for name, thresholds in (("one_stage", baseline.thresholds), ("two_stage", manifest.thresholds)):
+                for name, thresholds in (("one_stage", baseline.thresholds), ("two_stage", two_stage)):
                     chosen = [d for d in decide_detections(candidates, thresholds) if d.is_mitosis]
                     points = np.array([[d.x, d.y] for d in chosen]).reshape(-1, 2)
                     counts[name] = count_matches(loaded.mitoses, points, radius)
@@ -141,9 +143,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="flip views of the verifier (plan.verifier_views; default: the checkpoint's)")
     parser.add_argument("--threshold-rule", choices=("chosen", "out-of-fold"), default="chosen",
                         help="chosen: each fold's training slides; out-of-fold: best on the other slides' held-out scores")
+    parser.add_argument("--detector-override", type=float, default=None, metavar="LOGIT",
+                        help="thresholds.detector_override_logit of the two-stage weights (default: none)")
     args = parser.parse_args(argv)
     report = evaluate(args.weights, args.runs, args.data, tuple(args.slides), args.variant, args.views,
-                      args.threshold_rule)
+                      args.threshold_rule, args.detector_override)
     report["command"] = "python -m training.verifier_heldout " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     print(json.dumps({"pooled": report["pooled"], "per_slide": report["per_slide"]}, indent=1))
     if args.out:

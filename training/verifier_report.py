@@ -10,6 +10,12 @@ scores. Matching: the project's ``count_matches`` at 7.5 um (30.5 px at 0.2456 u
 ``--views n ...`` adds rows for the mean logit over n flip views (the product's ``plan.verifier_views``);
 ``--ensemble A B`` adds the variant ``A+B``: the mean of A's and B's logits on each fold's candidates,
 thresholded on that fold's training slides like a run (written as run folders ``A+B_<slide>``).
+
+    python -m training.verifier_report --amibr lodo_d0 lodo_d1 lodo_d2 lodo_d3 [--amibr-views 4] [--detector-override 10]
+
+instead tabulates runs' figures on their AMi-Br evaluation mosaics (``train_verifier --holdout-domain``:
+the held-out domain; else the test split): recall and false detections per mm^2 of the two stages
+and of stage 1 alone.
 """
 
 from __future__ import annotations
@@ -123,6 +129,58 @@ def ensemble_runs(runs_dir: Path, members: list[str], data: Path) -> str:
     return name
 
 
+def amibr_summary(runs: list[Path], views: int, data: Path = rf.DATA_DIR, detector_override: float | None = None) -> dict:
+    """Each run's figures on its AMi-Br evaluation mosaic (the test split, or its held-out domain):
+    the two stages at the run's threshold for ``views`` flip views, and stage 1 alone at the shipped
+    detection threshold (``train_verifier.evaluate_amibr``); with the mean recall over the runs. With
+    ``detector_override``, the two stages are judged as the product judges them with
+    ``thresholds.detector_override_logit`` (``decision.decision_margin``)."""
+    rows = {}
+    for run in runs:
+        r = json.loads((run / "result.json").read_text())
+        if "amibr" not in r or "amibr_stage1_alone" not in r:
+            raise SystemExit(f"{run}: no AMi-Br figures (runs before 2026-12-03 were not judged on AMi-Br)")
+        two = r["amibr"][str(views)]
+        if detector_override is not None:
+            two = _with_override(run, r, views, two["threshold"], detector_override, data)
+        rows[run.name] = {"two_stages": two, "stage1_alone": r["amibr_stage1_alone"]}
+    mean = {k: float(np.mean([row[k]["at_threshold"]["recall"] for row in rows.values()])) for k in ("two_stages", "stage1_alone")}
+    return {"views": views, "detector_override_logit": detector_override, "runs": rows, "mean_recall_at_threshold": mean}
+
+
+def _with_override(run: Path, result: dict, views: int, threshold: float, override: float, data: Path) -> dict:
+    from mitosis_analysis.candidates import Candidate
+    from mitosis_analysis.decision import decision_margin, logit
+    from mitosis_analysis.manifest import Thresholds
+    from training import crop_mosaics
+    from training.train_verifier import evaluate_amibr
+
+    z = dict(np.load(run / "amibr_scores.npz"))
+    _crops, mosaic, _what = crop_mosaics.evaluation_mosaic(data, int(result["args"].get("holdout_domain", -1)))
+    t = Thresholds(detection_logit=0.0, candidate_floor_logit=0.0, atypical_logit=0.0,
+                   verification_logit=threshold, detector_override_logit=override)
+    scores = logit(np.clip(z["stage1"], 1e-7, 1 - 1e-7))
+    margins = np.array([decision_margin(Candidate(x=0.0, y=0.0, score=float(s), area=0, verification_logit=float(v)), t)
+                        for s, v in zip(scores, z[f"logit_views_{views}"])])
+    return {**evaluate_amibr(z, mosaic, 0.0, margins), "threshold": threshold, "detector_override_logit": override}
+
+
+def amibr_markdown(summary: dict) -> str:
+    lines = ["| run | evaluated on | two stages: recall / FP per mm^2 (t) | two stages: recall at 5 FP/mm^2 "
+             "| stage 1 alone: recall / FP per mm^2 (t) | stage 1 alone: recall at 5 FP/mm^2 |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, row in summary["runs"].items():
+        cells = []
+        for k in ("two_stages", "stage1_alone"):
+            a = row[k]
+            cells.append(f"{a['at_threshold']['recall']:.3f} / {a['at_threshold']['fp_per_mm2']:.1f} ({a['threshold']:.2f})")
+            cells.append(f"{a['recall_at_5fp_per_mm2']:.3f}")
+        lines.append(f"| {name} | {row['two_stages']['evaluated_on']} | " + " | ".join(cells) + " |")
+    m = summary["mean_recall_at_threshold"]
+    lines.append(f"| mean recall | | {m['two_stages']:.3f} | | {m['stage1_alone']:.3f} | |")
+    return "\n".join(lines)
+
+
 def _f1_p_r(counts: dict) -> str:
     """'F1 (P / R)' of DetectionCounts.as_dict(); '-' where a ratio is undefined (nothing detected or to detect)."""
     if None in (counts["f1"], counts["precision"], counts["recall"]):
@@ -152,8 +210,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="also rows for the mean logit over these numbers of flip views (1, 2, 4, 8)")
     parser.add_argument("--ensemble", nargs="+", action="append", default=[], metavar="VARIANT",
                         help="also the mean logit of these variants' runs, fold by fold (repeatable)")
+    parser.add_argument("--amibr", nargs="+", default=[], metavar="RUN",
+                        help="instead: the AMi-Br table of these run folders (names under --runs), e.g. lodo_d0 lodo_d1")
+    parser.add_argument("--amibr-views", type=int, default=4, choices=(1, 2, 4, 8))
+    parser.add_argument("--detector-override", type=float, default=None, metavar="LOGIT",
+                        help="with --amibr: judge the two stages with this thresholds.detector_override_logit")
     parser.add_argument("--data", type=Path, default=rf.DATA_DIR)
     args = parser.parse_args(argv)
+    if args.amibr:
+        summary = amibr_summary([args.runs / r for r in args.amibr], args.amibr_views, args.data, args.detector_override)
+        write_json(summary, args.runs / "amibr_summary.json")
+        print(amibr_markdown(summary))
+        return 0
     fields = rf.icpr_fields(args.data, ("A",))
     summary = {}
     ensembles = [ensemble_runs(args.runs, members, args.data) for members in args.ensemble]
