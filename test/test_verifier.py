@@ -350,3 +350,31 @@ def test_amibr_report_tabulates_both_stages_and_the_mean_recall(tmp_path):
     (tmp_path / "old" / "result.json").write_text("{}")
     with pytest.raises(SystemExit, match="no AMi-Br figures"):
         verifier_report.amibr_summary([tmp_path / "old"], 4)
+
+
+def test_amibr_report_judges_the_override_as_the_product_decides(tmp_path, monkeypatch):
+    """--detector-override: a candidate the verifier rejects counts when its detector logit reaches the
+    override (``decision.decision_margin``), on the run's own mosaic."""
+    import json
+
+    from training import crop_mosaics
+    from training import detector_eval as ev
+    from training import verifier_report
+
+    mosaic = ev.build_mosaic(np.zeros((2, 128, 128, 3), np.uint8), [np.array([[64.0, 64.0]])] * 2, cols=2)
+    monkeypatch.setattr(crop_mosaics, "evaluation_mosaic", lambda data, d: ([], mosaic, f"domain {d}"))
+    run = tmp_path / "lodo_d1"
+    run.mkdir()
+    stage1 = 1 / (1 + np.exp(-np.array([12.0, 5.0])))  # a sure detection on each mitosis, and an unsure one
+    np.savez(run / "amibr_scores.npz", xy=np.array([[64.0, 64.0], [192.0, 64.0]]), stage1=stage1,
+             logit_views_4=np.array([1.0, 1.0]), evaluated_on=np.array("domain 1"))
+    figures = {"evaluated_on": "domain 1", "threshold": 4.0, "recall_at_5fp_per_mm2": 0.0,
+               "at_threshold": {"recall": 0.0, "fp_per_mm2": 0.0}, "stage1_recall_at_verify_floor": 1.0}
+    (run / "result.json").write_text(json.dumps({"args": {"holdout_domain": 1}, "amibr": {"4": figures},
+                                                 "amibr_stage1_alone": figures}))
+    plain = verifier_report.amibr_summary([run], 4)
+    assert plain["runs"]["lodo_d1"]["two_stages"]["at_threshold"]["recall"] == 0.0  # the verifier rejects both
+    summary = verifier_report.amibr_summary([run], 4, tmp_path, detector_override=10.0)
+    two = summary["runs"]["lodo_d1"]["two_stages"]
+    assert two["at_threshold"]["recall"] == 0.5 and two["at_threshold"]["fp_per_mm2"] == 0.0
+    assert two["detector_override_logit"] == 10.0 and two["threshold"] == 4.0
