@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mitosis_analysis.decision import logit
 from training import data as amibr
 from training import detector_eval as ev
 from training import labels as label_lib
@@ -28,24 +29,25 @@ def mosaic_name(holdout_domain: int = -1) -> str:
     return "amibr_test" if holdout_domain < 0 else f"amibr_domain{holdout_domain}"
 
 
-def annotations_of(data_dir: Path, table: list) -> dict:
-    return label_lib.slide_annotations(table, label_lib.midogpp_points(Path(data_dir) / label_lib.MIDOGPP_FILE))
-
-
 def evaluation_mosaic(data_dir: Path, holdout_domain: int = -1) -> tuple[list, ev.Mosaic, str]:
     """(crops, mosaic, what they are) of ``data.evaluation_split``'s evaluation crops: the test split,
     or every crop of the held-out domain. The test split's mosaic is the one
     ``evaluate_detector --split test`` builds."""
     _train, held, described = amibr.evaluation_split(Path(data_dir) / "ami-br", holdout_domain)
     table = amibr.load_table(Path(data_dir) / "ami-br")
-    return held, ev.crop_mosaic(held, annotations_of(data_dir, table)), described
+    return held, ev.crop_mosaic(held, label_lib.data_annotations(table, data_dir)), described
+
+
+def stage1_logits(probabilities: np.ndarray) -> np.ndarray:
+    """The cached stage-1 peak probabilities (rounded to 6 decimals, so 0 and 1 occur) as logits."""
+    return logit(np.clip(probabilities, 1e-7, 1 - 1e-7))
 
 
 def mosaic_candidates(name: str, mosaic: ev.Mosaic, floor: float, cache: Path, threads: int = 1) -> np.ndarray:
     """Stage-1 candidates (n, 3: x, y, peak probability; score >= ``floor``) of the product's detector
     on ``mosaic``, cached under ``name`` (remade when the cache is of another detector or a higher floor)."""
     path = rf.candidates_path(name, cache)
-    detector = _detector_sha256()
+    detector = shipped_manifest().detector.sha256
     if path.is_file():
         with open(path) as f:
             record = json.load(f)
@@ -60,8 +62,9 @@ def mosaic_candidates(name: str, mosaic: ev.Mosaic, floor: float, cache: Path, t
     return found
 
 
-def _detector_sha256() -> str:
+def shipped_manifest():
+    """The manifest of the weights stage 1 runs with (``Settings.from_env``: ``MITOSIS_WEIGHTS_DIR`` or the shipped ``weights/``)."""
     from mitosis_analysis.manifest import Manifest
     from mitosis_analysis.settings import Settings
 
-    return Manifest.load(Path(Settings.from_env(device="cpu").weights_dir)).detector.sha256
+    return Manifest.load(Path(Settings.from_env(device="cpu").weights_dir))

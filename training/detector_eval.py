@@ -46,7 +46,6 @@ class Mosaic:
     gt_points: np.ndarray  # (n, 2) x, y in mosaic pixels
     n_crops: int
     crop_size: int
-    cols: int  # crops per row (row-major)
 
     @property
     def crop_area_mm2(self) -> float:
@@ -69,7 +68,7 @@ def build_mosaic(images: np.ndarray, points: Sequence[np.ndarray], cols: int | N
         r, c = divmod(i, cols)
         mosaic[r * s : (r + 1) * s, c * s : (c + 1) * s] = images[i]
         gts.append(np.asarray(points[i], dtype=float).reshape(-1, 2) + [c * s, r * s])
-    return Mosaic(mosaic, np.concatenate(gts) if gts else np.zeros((0, 2)), n, s, cols)
+    return Mosaic(mosaic, np.concatenate(gts) if gts else np.zeros((0, 2)), n, s)
 
 
 def crop_mosaic(crops: Sequence, annotations: dict, cols: int | None = None) -> Mosaic:

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     else:
         checkpoint = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     table, crops = split_crops(args.data, args.split)
-    annotations = label_lib.slide_annotations(table, label_lib.midogpp_points(args.data / label_lib.MIDOGPP_FILE))
+    annotations = label_lib.data_annotations(table, args.data)
     mosaic = ev.crop_mosaic(crops, annotations, cols=args.cols)
     print(f"{args.split}: {data.summary(crops)}; mosaic {mosaic.image.shape[1]}x{mosaic.image.shape[0]} px, "
           f"{len(mosaic.gt_points)} annotated mitoses, crop area {mosaic.crop_area_mm2:.4f} mm^2", file=sys.stderr)

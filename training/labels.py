@@ -86,6 +86,11 @@ def slide_annotations(crops, midogpp: dict[str, SlideAnnotations] | None = None)
     return out
 
 
+def data_annotations(crops, data_dir: Path | str) -> dict[tuple[str, str], SlideAnnotations]:
+    """``slide_annotations`` of ``crops`` with the MIDOG++ boxes of the data folder (``MIDOGPP_FILE``)."""
+    return slide_annotations(crops, midogpp_points(Path(data_dir) / MIDOGPP_FILE))
+
+
 def points_in_crop(points: np.ndarray, centre: tuple[float, float], size: int = 128) -> np.ndarray:
     """ROI points -> crop pixel coordinates (x, y), keeping those inside the crop."""
     offset = np.asarray(centre, dtype=float) - size // 2

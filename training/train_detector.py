@@ -305,7 +305,7 @@ def main(argv=None) -> int:
     train_crops, val_crops = data.split_by_slide(train_crops, args.val_fraction, seed=args.split_seed)
     if args.limit_crops:
         train_crops, val_crops = train_crops[: args.limit_crops], val_crops[: max(4, args.limit_crops // 4)]
-    annotations = label_lib.slide_annotations(table, label_lib.midogpp_points(args.data / label_lib.MIDOGPP_FILE))
+    annotations = label_lib.data_annotations(table, args.data)
     log(f"train: {data.summary(train_crops)}; val: {data.summary(val_crops)}")
     cache = args.label_cache if str(args.label_cache) not in ("", ".") else None
     train_ds, val_ds = label_crops(train_crops, annotations, cache), label_crops(val_crops, annotations, cache)

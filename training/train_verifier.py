@@ -53,9 +53,6 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from mitosis_analysis.classify import extract_crops, tta_views  # noqa: E402
-from mitosis_analysis.decision import logit  # noqa: E402
-from mitosis_analysis.manifest import Manifest  # noqa: E402
-from mitosis_analysis.settings import Settings  # noqa: E402
 from mitosis_analysis.evaluate.detection import DetectionCounts, count_matches  # noqa: E402
 from model.verifier import ARCH, INPUT_SIZE, build_verifier  # noqa: E402
 from training import augment as aug  # noqa: E402
@@ -136,7 +133,7 @@ def build_pool(data: Path, cache: Path, verify_floor: float = VERIFY_FLOOR, size
     pixels = amibr.load_crops(table)
     c = amibr.CROP_SIZE // 2
     add(extract_crops_each(pixels, np.tile([[c, c]], (len(table), 1)), size), "amibr_pos", "", np.arange(len(table)))
-    annotations = label_lib.slide_annotations(table, label_lib.midogpp_points(data / label_lib.MIDOGPP_FILE))
+    annotations = label_lib.data_annotations(table, data)
     radius = label_lib.MATCH_RADIUS_UM / label_lib.SPACING_UM
     # a point CORNER_INSET px in from each corner of the 128 px crop (40 px from its centre, which is
     # > 7.5 um): at any pool size, the window is centred there (larger windows reach beyond the crop
@@ -413,9 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     np.savez(args.out / "amibr_scores.npz", **mosaic_scores)
     result["amibr"] = {n: evaluate_amibr(mosaic_scores, mosaic, by_views[n]["chosen_on_training_slides"]["threshold"],
                                          mosaic_scores[f"logit_views_{n}"]) for n in by_views}
-    detection_logit = Manifest.load(Settings.from_env(device="cpu").weights_dir).thresholds.detection_logit
+    detection_logit = crop_mosaics.shipped_manifest().thresholds.detection_logit
     result["amibr_stage1_alone"] = evaluate_amibr(mosaic_scores, mosaic, detection_logit,
-                                                  logit(np.clip(mosaic_scores["stage1"], 1e-7, 1 - 1e-7)))
+                                                  crop_mosaics.stage1_logits(mosaic_scores["stage1"]))
     result.update({"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                    "pool_counts": counts, "train_seconds": round(train_s, 1)})
     runtime.write_json(result, args.out / "result.json")

@@ -150,7 +150,7 @@ def amibr_summary(runs: list[Path], views: int, data: Path = rf.DATA_DIR, detect
 
 def _with_override(run: Path, result: dict, views: int, threshold: float, override: float, data: Path) -> dict:
     from mitosis_analysis.candidates import Candidate
-    from mitosis_analysis.decision import decision_margin, logit
+    from mitosis_analysis.decision import decision_margin
     from mitosis_analysis.manifest import Thresholds
     from training import crop_mosaics
     from training.train_verifier import evaluate_amibr
@@ -159,7 +159,7 @@ def _with_override(run: Path, result: dict, views: int, threshold: float, overri
     _crops, mosaic, _what = crop_mosaics.evaluation_mosaic(data, int(result["args"].get("holdout_domain", -1)))
     t = Thresholds(detection_logit=0.0, candidate_floor_logit=0.0, atypical_logit=0.0,
                    verification_logit=threshold, detector_override_logit=override)
-    scores = logit(np.clip(z["stage1"], 1e-7, 1 - 1e-7))
+    scores = crop_mosaics.stage1_logits(z["stage1"])
     margins = np.array([decision_margin(Candidate(x=0.0, y=0.0, score=float(s), area=0, verification_logit=float(v)), t)
                         for s, v in zip(scores, z[f"logit_views_{views}"])])
     return {**evaluate_amibr(z, mosaic, 0.0, margins), "threshold": threshold, "detector_override_logit": override}
