@@ -468,3 +468,37 @@ def test_a_window_that_is_not_a_multiple_of_the_stride_is_refused(capsys):
         td.parse_args(["--window", "200"])
     assert "multiple of the network's stride 16" in capsys.readouterr().err
     assert td.parse_args(["--window", "208", "--channels", "8", "16", "32", "64"]).window == 208
+
+
+@needs_amibr
+def test_training_with_real_windows_feeds_them_to_every_step(tmp_path, monkeypatch):
+    """--real-windows N: every step's batch has the mosaics plus N field windows (outside the domain
+    loss), the held-out ICPR slides are passed on, and the checkpoint says what it was trained on."""
+    from training import adversarial
+    from training import field_windows as fw
+
+    rng = np.random.default_rng(0)
+    labels = np.zeros((160, 160), np.uint8)
+    labels[70:90, 70:90] = L.MITOSIS
+    field = fw.LabelledField("A02_01", "02", rng.integers(0, 255, (160, 160, 3), dtype=np.uint8), labels,
+                             np.full((160, 160), L.IGNORE, np.uint8), np.array([[80.0, 80.0]]), None)
+    asked = []
+
+    def fake_fields(data, cache, exclude_slides=()):
+        asked.append(tuple(exclude_slides))
+        return [field]
+
+    monkeypatch.setattr(fw, "load_fields", fake_fields)
+    seen = []
+    real_domain_loss = adversarial.domain_loss
+    monkeypatch.setattr(adversarial, "domain_loss", lambda lg, d: seen.append(d.clone()) or real_domain_loss(lg, d))
+    ckpt = tmp_path / "detector.pt"
+    args = ["--data", str(SHARED_DATA), "--limit-crops", "16", "--max-steps", "2", "--batch-size", "2",
+            "--window", "128", "--channels", "8", "16", "--checkpoint", str(ckpt), "--run-dir", str(tmp_path / "run"),
+            "--threads", "1", "--device", "cpu", "--label-cache", str(tmp_path / "cache"),
+            "--real-windows", "3", "--icpr-holdout", "00", "01"]
+    assert td.main(args) == 0
+    assert asked == [("00", "01")]
+    assert len(seen) == 2 and all(d.shape == (5, 32, 32) for d in seen)  # 2 mosaics + 3 windows per step
+    assert all((d[2:] == adversarial.IGNORE).all() and (d[:2] < 4).all() for d in seen)
+    assert "ICPR 2012 fields" in torch.load(ckpt, weights_only=False)["data"]

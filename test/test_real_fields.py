@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from training import real_fields as rf
@@ -126,3 +127,71 @@ def test_weights_parity_of_a_set_with_itself_is_exact(tmp_path):
     assert report["against_truth"]["before"] == report["against_truth"]["after"]
     for agreement in report["after_vs_before"].values():
         assert agreement["fp"] == 0 and agreement["fn"] == 0
+
+
+# --- real-tissue windows for the detector (training/field_windows.py) ---------------------------
+
+
+def test_field_labels_mark_a_mitoses_and_ignore_h_paint(tmp_path):
+    from training import field_windows as fw
+    from training import labels as L
+
+    data = _write_dataset(tmp_path)
+    a, h = (rf.load_field(f, tmp_path / "cache") for f in rf.icpr_fields(data))
+    labels, points = fw.field_labels(a)
+    assert labels[54, 104] == L.MITOSIS and points[54, 104] == L.MITOSIS  # centroid (104.5, 53.5), rounded
+    assert (labels == L.MITOSIS).sum() > 0 and (labels == L.IGNORE).sum() == 0
+    labels, points = fw.field_labels(h)
+    assert not (labels == L.MITOSIS).any()  # H: negatives only
+    assert np.array_equal(labels == L.IGNORE, h.ignore) and (points[h.ignore] == L.IGNORE).all()
+
+
+def test_field_windows_hold_mitoses_or_stay_clear_of_the_ignore_region(tmp_path, monkeypatch):
+    from training import field_windows as fw
+    from training import labels as L
+
+    data = _write_dataset(tmp_path)
+    fields = fw.load_fields(data, tmp_path / "cache")
+    assert [f.name for f in fields] == ["A03_01", "H03_01"]
+    rng = np.random.default_rng(0)
+    positive = fw.FieldWindows(fields, 64, positive_fraction=1.0, margin=16).sample(20, rng)
+    assert positive["image"].shape == (20, 64, 64, 3) and positive["labels"].shape == (20, 64, 64)
+    for lab, pts in zip(positive["labels"], positive["points"]):
+        rows, cols = np.nonzero(pts == L.MITOSIS)  # the 3 x 3 centre: at least margin - 1 px inside
+        assert len(rows) == 9 and rows.min() >= 15 and rows.max() <= 48 and cols.min() >= 15 and cols.max() <= 48
+        assert (lab[rows, cols] == L.MITOSIS).all()  # the figure's region is labelled around its centre
+    uniform = fw.FieldWindows(fields, 64, positive_fraction=0.0).sample(200, rng)
+    assert not (uniform["labels"] == L.IGNORE).any()  # no H window touches the painted region
+    assert (uniform["labels"] == L.MITOSIS).any(axis=(1, 2)).sum() < 200
+    with pytest.raises(ValueError, match="smaller than the window"):
+        fw.FieldWindows(fields, 256)
+    # slides can be held out; label maps are cached and read back
+    assert fw.load_fields(data, tmp_path / "cache", exclude_slides=("03",)) == []
+    def no_labelling(*_args):
+        raise AssertionError("label maps should come from the cache")
+
+    monkeypatch.setattr(fw, "field_labels", no_labelling)
+    again = fw.load_fields(data, tmp_path / "cache")
+    assert all(np.array_equal(x.labels, y.labels) for x, y in zip(fields, again))
+
+
+def test_real_windows_join_the_batch_outside_the_domain_loss(tmp_path):
+    import torch
+
+    from training import adversarial, augment
+    from training import field_windows as fw
+    from training import train_detector as td
+
+    fields = fw.load_fields(_write_dataset(tmp_path), tmp_path / "cache")
+    windows = fw.FieldWindows(fields, 64, positive_fraction=1.0)
+    batch = {"image": torch.zeros(2, 3, 64, 64), "labels": torch.zeros(2, 64, 64, dtype=torch.uint8),
+             "points": torch.full((2, 64, 64), 255, dtype=torch.uint8), "domains": torch.ones(2, 64, 64, dtype=torch.uint8)}
+    batch["strong"] = batch["image"].clone()
+    g = augment.generator(0)
+    out = td.with_real_windows(batch, windows, 3, np.random.default_rng(0), g, augment.AugmentConfig(),
+                               augment.AugmentConfig.strong())
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "image": (5, 3, 64, 64), "labels": (5, 64, 64), "points": (5, 64, 64), "domains": (5, 64, 64), "strong": (5, 3, 64, 64)}
+    assert (out["domains"][:2] == 1).all() and (out["domains"][2:] == adversarial.IGNORE).all()
+    assert ((out["labels"][2:] == 2).flatten(1).any(1)).all()  # every real window holds its mitosis
+    assert out["image"][2:].abs().sum() > 0 and not torch.equal(out["strong"][2:], out["image"][2:])

@@ -378,3 +378,39 @@ def test_amibr_report_judges_the_override_as_the_product_decides(tmp_path, monke
     two = summary["runs"]["lodo_d1"]["two_stages"]
     assert two["at_threshold"]["recall"] == 0.5 and two["at_threshold"]["fp_per_mm2"] == 0.0
     assert two["detector_override_logit"] == 10.0 and two["threshold"] == 4.0
+
+
+def test_install_into_records_what_trained_the_verifier(tmp_path, synthetic_weights):
+    """export_verifier --install-into keeps the members' training commands and data in the manifest
+    (every shipped model's command, data and figures travel with the weights)."""
+    import shutil
+
+    from mitosis_analysis.manifest import Manifest
+
+    for i in range(2):
+        _member(tmp_path / f"m{i}.pt", i)
+    weights = tmp_path / "weights"
+    shutil.copytree(synthetic_weights, weights)
+    assert export_verifier.main(["--checkpoint", str(tmp_path / "m0.pt"), str(tmp_path / "m1.pt"), "--out",
+                                 str(tmp_path / "v.onnx"), "--install-into", str(weights), "--threshold", "3.5"]) == 0
+    recorded = Manifest.load(weights).provenance.metrics["verifier"]
+    assert recorded["training_command"] == "train seed 0 ; train seed 1"
+    assert recorded["arch"] == "verifier-ensemble-v1" and recorded["onnx_vs_pytorch_max_abs_diff"] <= 1e-4
+
+
+def test_trunk_probe_weights_sources_as_the_verifier_samples_them():
+    """training/trunk_probe.py: each half (positives, negatives) weighs 1 in all, split among its
+    sources as train_verifier.SOURCE_WEIGHTS samples them; crops not allowed weigh nothing."""
+    from training import train_verifier as tv
+    from training.trunk_probe import source_weights
+
+    source = np.array(["icpr_pos"] * 2 + ["amibr_pos"] * 4 + ["ma_pos"] + ["cand_A"] * 3 + ["cand_pos"] + ["ma_neg"])
+    allowed = np.ones(len(source), bool)
+    allowed[0] = False
+    w = source_weights(source, allowed)
+    positive = np.isin(source, tv.POSITIVE_SOURCES)
+    assert w[0] == 0 and w[source == "cand_pos"].sum() == 0  # not allowed; a source sampled with weight 0
+    assert w[positive].sum() == pytest.approx(1.0) and w[~positive].sum() == pytest.approx(1.0)
+    total = tv.SOURCE_WEIGHTS["icpr_pos"] + tv.SOURCE_WEIGHTS["amibr_pos"] + tv.SOURCE_WEIGHTS["ma_pos"]
+    assert w[1] == pytest.approx(tv.SOURCE_WEIGHTS["icpr_pos"] / total)  # the one allowed icpr_pos crop
+    assert np.allclose(w[source == "amibr_pos"], tv.SOURCE_WEIGHTS["amibr_pos"] / total / 4)

@@ -83,6 +83,9 @@ def export_verifier(net: torch.nn.Module, path: Path, opset: int = 17, tolerance
     return diff
 
 
+VERIFIER_PROVENANCE = ("arch", "training_command", "data", "created", "parameters", "onnx_vs_pytorch_max_abs_diff")
+
+
 def install_verifier(weights_dir: Path, onnx_path: Path, description: dict, threshold_logit: float,
                      verify_floor: float, note: str = "", metrics: dict | None = None, views: int = 1,
                      detector_override_logit: float | None = None) -> Manifest:
@@ -210,10 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.install_into:
         if args.threshold is None:
             raise export.ExportError("--install-into needs --threshold")
-        metrics = None
+        # what trained the shipped verifier (its members' commands and data), kept with the weights
+        metrics = {"verifier": {k: description.get(k) for k in VERIFIER_PROVENANCE}}
         if args.heldout:
             report = json.loads(args.heldout.read_text())
-            metrics = {"verifier_leave_one_slide_out_icpr2012_A": {
+            metrics |= {"verifier_leave_one_slide_out_icpr2012_A": {
                 "command": report.get("command", "python -m training.verifier_heldout"), "pooled": report["pooled"],
                 "per_slide": report["per_slide"]}}
         install_verifier(args.install_into, args.out, description, args.threshold, floor,

@@ -13,7 +13,11 @@ evaluation mosaics. Loss: CE + class-ratio-weighted Dice + focal + point CE at a
 (``training/losses.py``), a weak/strong-view feature-consistency term (``--consistency W``, default
 0.2), and a domain-adversarial term (``--adversarial W``, default 0.1): a per-position domain
 classifier on the bottleneck behind a gradient-reversal layer (``training/adversarial.py``; domains:
-the three MIDOG21 scanners and TUPAC16, known per crop and so per mosaic quadrant). Teacher-student
+the three MIDOG21 scanners and TUPAC16, known per crop and so per mosaic quadrant). Real tissue
+(``--real-windows N``, off in the shipped recipe): each batch also holds N windows of the ICPR 2012
+fields (``training/field_windows.py``: scanner A with its mitoses, scanner H as negatives clear of
+its painted region; ``--icpr-holdout`` keeps slides out for held-out evaluation), augmented as the
+mosaics are and left out of the domain term. Teacher-student
 (``--teacher-student``, off by default: it did not help in the ablation): from the first best
 validation score at epoch >= ``--teacher-from-epoch``, a frozen copy of the best student relabels
 background/normal-nucleus pixels where it is confident, refining the classical teacher's nucleus
@@ -50,7 +54,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from model import build_detector
 from model.unet import stride_for
-from training import adversarial, augment, data, detector_eval, losses, plots, runtime
+from training import adversarial, augment, data, detector_eval, field_windows, losses, plots, real_fields, runtime
 from training import labels as label_lib
 from training import teacher as teacher_lib
 
@@ -167,6 +171,22 @@ def batches(ds: DeviceCrops, batch_size: int, window: int, rng: np.random.Genera
         yield batch
 
 
+def with_real_windows(batch: dict[str, torch.Tensor], windows: field_windows.FieldWindows, n: int,
+                      rng: np.random.Generator, g: torch.Generator, config: augment.AugmentConfig,
+                      strong: augment.AugmentConfig | None = None) -> dict[str, torch.Tensor]:
+    """``batch`` with ``n`` real-tissue windows appended, augmented as the mosaics are (a random
+    symmetry, the photometric change; the strong view too when the batch has one). Their domain is
+    ``adversarial.IGNORE``: the domain classifier learns the crops' four domains only."""
+    device = batch["image"].device
+    real = {k: torch.from_numpy(v).to(device) for k, v in windows.sample(n, rng).items()}
+    image, labels, points = augment.random_dihedral(augment.to_float(real["image"]), real["labels"], real["points"], g=g)
+    extra = {"image": augment.augment_photometric(image, config, g), "labels": labels, "points": points,
+             "domains": torch.full_like(labels, adversarial.IGNORE, dtype=batch["domains"].dtype)}
+    if "strong" in batch:
+        extra["strong"] = augment.augment_photometric(extra["image"], strong, g)
+    return {k: torch.cat([v, extra[k]]) for k, v in batch.items()}
+
+
 def refine_with_teacher(teacher: torch.nn.Module, image: torch.Tensor, labels: torch.Tensor,
                         confidence: float = 0.8) -> torch.Tensor:
     """Background/normal-nucleus pixels relabelled by the teacher where it is confident between the
@@ -277,6 +297,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="initialisation, sampling and augmentation")
     p.add_argument("--split-seed", type=int, default=0,
                    help="which slides form validation (keep it fixed across runs that are compared or ensembled)")
+    p.add_argument("--real-windows", type=int, default=0,
+                   help="real-tissue windows (ICPR 2012 fields, training/field_windows.py) added to each batch "
+                        "of --batch-size mosaics (0: crops only, the shipped recipe)")
+    p.add_argument("--real-positive-fraction", type=float, default=0.5,
+                   help="share of the real windows drawn around a scanner-A mitosis (the rest uniform)")
+    p.add_argument("--icpr-holdout", nargs="*", default=[], choices=real_fields.SLIDES, metavar="SLIDE",
+                   help="ICPR 2012 slides kept out of the real windows (A and H), for held-out evaluation")
     args = p.parse_args(argv)
     if args.window % stride_for(args.channels):
         p.error(f"--window {args.window} must be a multiple of the network's stride {stride_for(args.channels)}")
@@ -313,6 +340,13 @@ def main(argv=None) -> int:
     log(f"labels ready ({time.time() - started:.0f} s); pixel shares {np.round(class_share, 4).tolist()}; "
         f"extra mitoses in crops: {sum(len(m) - 1 for m in train_ds.mitoses)}")
     val_mosaics = validation_mosaics(val_ds)
+    windows = None
+    if args.real_windows > 0:
+        fields = field_windows.load_fields(args.data, args.label_cache, tuple(args.icpr_holdout))
+        windows = field_windows.FieldWindows(fields, args.window, args.real_positive_fraction)
+        log(f"real windows: {args.real_windows} per batch from {len(fields)} ICPR 2012 fields "
+            f"({len(windows.mitoses)} mitoses; slides held out: {args.icpr_holdout or 'none'}; "
+            f"{time.time() - started:.0f} s)")
 
     device = runtime.resolve_device(args.device)
     log(f"device: {device}")
@@ -349,6 +383,8 @@ def main(argv=None) -> int:
         for batch in batches(train_on_device, args.batch_size, args.window, rng, gen, weak_cfg, strong_cfg):
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
+            if windows is not None:
+                batch = with_real_windows(batch, windows, args.real_windows, rng, gen, weak_cfg, strong_cfg)
             target = batch["labels"]
             if teacher is not None:
                 target = refine_with_teacher(teacher, batch["image"], target)
@@ -403,7 +439,9 @@ def main(argv=None) -> int:
                             "n_train_crops": len(train_ds), "n_val_crops": len(val_ds),
                             "threshold_rule": f"lowest threshold with <= {FP_BUDGET_PER_MM2} FP/mm^2 on validation"},
                 "command": command, "data": "AMi-Br crops, published training split (validation by slide), "
-                                            "AMI-BR.csv, MIDOG++.json (../shared/data)",
+                                            "AMI-BR.csv, MIDOG++.json (../shared/data)"
+                                            + (f"; ICPR 2012 fields A and H (windows), slides held out: "
+                                               f"{args.icpr_holdout or 'none'}" if windows is not None else ""),
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "sweep": sweep.to_dict(),
             }
