@@ -10,8 +10,9 @@ Labels per field (``field_labels``), the classes of ``training/labels.py``:
   ``annotations.json`` labelled as in an AMi-Br crop (``labels.label_map``: the teacher's blob
   containing its centroid, cut to a 6 um disk), the teacher's nuclei, background elsewhere;
 - scanner H (resampled to 0.25 um/px by ``real_fields.load_field``): mitoses are painted there, so
-  the field gives negatives only; windows are drawn clear of the ignore region
-  (``real_fields.windows_clear``), so no painted or filled pixel reaches the model or the loss.
+  the field gives negatives only; its windows are drawn again until they touch no pixel of the
+  ignore region (``FieldWindows._uniform_origin``), so no painted or filled pixel reaches the model
+  or the loss (their labels are ``IGNORE`` besides).
 
 Windows (``FieldWindows.sample``): a share ``positive_fraction`` of them contain an A mitosis at a
 uniform position at least ``margin`` px inside the window; the rest are uniform over all fields'
