@@ -15,7 +15,8 @@ from mitosis_analysis.slide.progress import Progress, format_duration
 from mitosis_analysis.slide.reader import open_slide, thumbnail
 from mitosis_analysis.source import ArraySource, Level, SlideView, choose_level
 from mitosis_analysis.slide.synthetic import GLASS_RGB, TISSUE_RGB, SyntheticSlide, write_slide_tiff
-from mitosis_analysis.slide.tissue import fill_small_holes, otsu_threshold, remove_small_objects, tissue_mask
+from mitosis_analysis.morphology import otsu_threshold, remove_small_objects
+from mitosis_analysis.slide.tissue import fill_small_holes, tissue_mask
 
 SLIDE = SyntheticSlide(3000, 2200, tissue=((400, 300, 2600, 1900),), figures=((1000.0, 800.0), (2000.0, 1500.0)))
 
@@ -189,7 +190,13 @@ def test_thumbnail_is_small_and_averaged(slides, plain_settings):
 
 def test_otsu_splits_two_populations():
     values = np.concatenate([np.full(900, 0.03), np.full(100, 0.5)])
-    assert 0.03 < otsu_threshold(values) <= 0.5
+    # Every cut between the two masses is equally good: the middle of that plateau is taken.
+    assert otsu_threshold(values, value_range=(0.0, 1.0)) == pytest.approx(0.265, abs=0.005)
+    assert 0.03 < otsu_threshold(values) < 0.5
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0.2, 0.03, 5000), rng.normal(0.8, 0.03, 1000)])
+    assert 0.4 < otsu_threshold(values) < 0.6
+    assert otsu_threshold(np.full(10, 3.0)) == 3.0
 
 
 def test_tissue_mask_keeps_tissue_drops_glass_fills_small_holes():

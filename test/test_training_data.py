@@ -438,3 +438,29 @@ def test_augmentations_on_the_gpu_match_the_cpu(images):
     out = aug.augment(gpu, aug.AugmentConfig.strong(), g)
     assert out.is_cuda and out.shape == gpu.shape and out.min() >= 0 and out.max() <= 1
     assert torch.equal(out, aug.augment(gpu, aug.AugmentConfig.strong(), aug.generator(0, "cuda")))
+
+
+def test_save_npz_is_atomic_and_cache_key_follows_the_code(tmp_path, monkeypatch):
+    from training import runtime
+
+    path = tmp_path / "sub" / "cache.npz"
+    runtime.save_npz(path, compressed=True, a=np.arange(3))
+    assert np.array_equal(np.load(path)["a"], np.arange(3))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["cache.npz"]
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken)
+    with pytest.raises(OSError):
+        runtime.save_npz(path, a=np.arange(5))
+    assert np.array_equal(np.load(path)["a"], np.arange(3))  # the old file survives, no temporary left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["cache.npz"]
+
+    code = tmp_path / "labels.py"
+    code.write_text("A = 1\n")
+    key = runtime.cache_key(["crop1", "crop2"], code)
+    assert key == runtime.cache_key(iter(["crop1", "crop2"]), code) and len(key) == 16
+    assert key != runtime.cache_key(["crop1"], code)
+    code.write_text("A = 2\n")
+    assert key != runtime.cache_key(["crop1", "crop2"], code)

@@ -22,8 +22,6 @@ code, as the AMi-Br label maps are.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +29,7 @@ import numpy as np
 
 from training import labels as label_lib
 from training import real_fields as rf
+from training import runtime
 from training import teacher as teacher_lib
 
 MAX_TRIES = 50  # draws per H window before giving up on a clear one (a field is mostly clear)
@@ -57,29 +56,18 @@ def field_labels(loaded: rf.LoadedField) -> tuple[np.ndarray, np.ndarray]:
     return labels, points
 
 
-def _cache_key(fields: list[rf.Field]) -> str:
-    h = hashlib.sha256("\n".join(f.name for f in fields).encode())
-    for module in (label_lib, teacher_lib, rf):
-        h.update(Path(module.__file__).read_bytes())
-    h.update(Path(__file__).read_bytes())
-    return h.hexdigest()[:16]
-
-
 def load_fields(data: Path, cache: Path, exclude_slides: tuple[str, ...] = ()) -> list[LabelledField]:
     """Every ICPR 2012 field (A and H) of the slides not excluded, with its label maps (cached)."""
     fields = [f for f in rf.icpr_fields(data) if f.slide not in exclude_slides]
-    path = Path(cache) / f"field-labels-{_cache_key(fields)}.npz"
+    path = Path(cache) / f"field-labels-{runtime.cache_key((f.name for f in fields), label_lib, teacher_lib, rf, Path(__file__))}.npz"
     loaded = [rf.load_field(f, cache) for f in fields]
     if path.is_file():
         z = np.load(path)
         maps = [(z[f"labels_{f.name}"], z[f"points_{f.name}"]) for f in fields]
     else:
         maps = [field_labels(lf) for lf in loaded]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
-        np.savez_compressed(tmp, **{f"labels_{f.name}": m[0] for f, m in zip(fields, maps)},
-                            **{f"points_{f.name}": m[1] for f, m in zip(fields, maps)})
-        os.replace(tmp, path)
+        runtime.save_npz(path, compressed=True, **{f"labels_{f.name}": m[0] for f, m in zip(fields, maps)},
+                         **{f"points_{f.name}": m[1] for f, m in zip(fields, maps)})
     return [LabelledField(f.name, f.slide, lf.pixels, lab, pts, lf.mitoses, lf.ignore)
             for f, lf, (lab, pts) in zip(fields, loaded, maps)]
 

@@ -50,7 +50,7 @@ if str(REPO_ROOT) not in sys.path:
 from mitosis_analysis.decision import sigmoid  # noqa: E402
 from mitosis_analysis.evaluate.detection import DetectionCounts, count_matches  # noqa: E402
 from mitosis_analysis.resample import resample  # noqa: E402
-from training.runtime import write_json  # noqa: E402
+from training.runtime import save_npz, write_json  # noqa: E402
 
 DATA_DIR = REPO_ROOT.parent / "shared" / "data"
 CACHE_DIR = REPO_ROOT / "training" / "cache"
@@ -171,10 +171,7 @@ def load_field(field: Field, cache_dir: Path | str | None = CACHE_DIR) -> Loaded
     ignore, _ = resample_to(mask[..., None].astype(np.uint8) * 255, field.spacing_um)
     ignore = ignore[..., 0] > 0  # any touch of the native mask counts
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.stem + ".tmp.npz")
-        np.savez(tmp, pixels=pixels, ignore=ignore)
-        tmp.replace(cache)
+        save_npz(cache, pixels=pixels, ignore=ignore)
     return LoadedField(field, pixels, np.zeros((0, 2)), ignore, MODEL_SPACING_UM)
 
 

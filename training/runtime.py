@@ -1,13 +1,18 @@
-"""Where training runs and how it writes: the device, and atomic checkpoint/JSON writers (through
-the product's ``write_bytes_atomic``, so that an interrupted run never leaves half a file)."""
+"""Where training runs and how it writes: the device, atomic checkpoint/JSON/``.npz`` writers (so
+that an interrupted run never leaves half a file), and the keys that tie a cache to the code that
+made it."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import json
+from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 
+import numpy as np
 import torch
 
 from mitosis_analysis.outputs import write_bytes_atomic
@@ -55,3 +60,25 @@ def report_json(obj, path: Path | str | None) -> None:
     print(json.dumps(obj, indent=2))
     if path is not None:
         write_json(obj, path)
+
+
+def save_npz(path: Path | str, *, compressed: bool = False, **arrays) -> None:
+    """``np.savez`` (``compressed``: ``np.savez_compressed``) into ``path`` atomically: a temporary
+    file beside it, then ``os.replace``; the folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
+    try:
+        (np.savez_compressed if compressed else np.savez)(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def cache_key(names: Iterable[str], *code: ModuleType | Path) -> str:
+    """16 hex digits of the sha256 of ``names`` (one per line) and of the bytes of each source
+    file in ``code`` (a module: its file): a cache named by it is never read by changed code."""
+    h = hashlib.sha256("\n".join(names).encode())
+    for source in code:
+        h.update(Path(source.__file__ if isinstance(source, ModuleType) else source).read_bytes())
+    return h.hexdigest()[:16]

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from mitosis_analysis.morphology import disk, otsu_threshold, remove_small_objects
+
 # Ruifrok & Johnston (Anal. Quant. Cytol. Histol. 2001) optical-density vectors, unit length.
 RUIFROK_H = np.array([0.65, 0.70, 0.29]) / np.linalg.norm([0.65, 0.70, 0.29])
 RUIFROK_E = np.array([0.07, 0.99, 0.11]) / np.linalg.norm([0.07, 0.99, 0.11])
@@ -60,31 +62,6 @@ def haematoxylin(rgb: np.ndarray, **macenko) -> np.ndarray:
     return np.clip(concentrations[0], 0.0, None).reshape(rgb.shape[:2]).astype(np.float32)
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold: the cut that maximises the between-class variance of ``values``."""
-    values = np.asarray(values, dtype=np.float64).ravel()
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return lo
-    hist, edges = np.histogram(values, bins=bins, range=(lo, hi))
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mean0 = m0 / np.maximum(w0, 1)
-    mean1 = (m0[-1] - m0) / np.maximum(w1, 1)
-    between = (w0 * w1 * (mean0 - mean1) ** 2)[:-1]
-    # Between two well separated modes the criterion is flat: take the middle of the plateau.
-    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
-    return float(edges[1:][best].mean())
-
-
-def disk(radius: float) -> np.ndarray:
-    r = int(np.ceil(radius))
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    return xx**2 + yy**2 <= radius**2
-
-
 def nucleus_mask(
     rgb: np.ndarray,
     blur_sigma: float = 1.0,
@@ -102,9 +79,4 @@ def nucleus_mask(
     mask = h > otsu_threshold(h)
     mask = ndi.binary_opening(mask, structure=disk(opening_radius))
     mask = ndi.binary_fill_holes(mask)
-    labels, n = ndi.label(mask)
-    if n:
-        areas = ndi.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
-        keep = np.concatenate([[False], areas >= min_area])
-        mask = keep[labels]
-    return mask
+    return remove_small_objects(mask, min_area)

@@ -35,10 +35,8 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime as dt
-import hashlib
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -88,10 +86,7 @@ def label_crops(crops, annotations, cache_dir: Path | None = None) -> LabelledCr
     images = data.load_crops(crops)
     cache = None
     if cache_dir is not None:
-        h = hashlib.sha256("\n".join(c.name for c in crops).encode())
-        for module in (label_lib, teacher_lib):
-            h.update(Path(module.__file__).read_bytes())
-        cache = Path(cache_dir) / f"labels-{h.hexdigest()[:16]}.npz"
+        cache = Path(cache_dir) / f"labels-{runtime.cache_key((c.name for c in crops), label_lib, teacher_lib)}.npz"
     if cache is not None and cache.exists():
         z = np.load(cache, allow_pickle=False)
         labels, points = z["labels"], z["points"]
@@ -101,11 +96,8 @@ def label_crops(crops, annotations, cache_dir: Path | None = None) -> LabelledCr
         labels, points = np.stack([m.labels for m in maps]), np.stack([m.points for m in maps])
         mitoses = [np.asarray(m.mitoses, dtype=np.float64).reshape(-1, 2) for m in maps]
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(cache.name + f".{os.getpid()}.tmp.npz")
-            np.savez_compressed(tmp, labels=labels, points=points, mitoses=np.concatenate(mitoses),
-                                owner=np.repeat(np.arange(len(crops)), [len(m) for m in mitoses]))
-            os.replace(tmp, cache)
+            runtime.save_npz(cache, compressed=True, labels=labels, points=points, mitoses=np.concatenate(mitoses),
+                             owner=np.repeat(np.arange(len(crops)), [len(m) for m in mitoses]))
     return LabelledCrops(list(crops), images, labels, points, mitoses, data.domains(crops))
 
 

@@ -177,9 +177,7 @@ def load_pool(data: Path, cache: Path, verify_floor: float, size: int = POOL_SIZ
         z = np.load(path)
         return {k: z[k] for k in z.files}
     pool = build_pool(data, cache, verify_floor, size)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **pool)
-    tmp.replace(path)
+    runtime.save_npz(path, **pool)
     return pool
 
 
@@ -282,14 +280,21 @@ def train(pool: dict, allowed: np.ndarray, args) -> torch.nn.Module:
 # --- evaluation on the fields ---------------------------------------------------------------------
 
 
+def field_candidate_crops(data: Path, cache: Path, verify_floor: float, size: int):
+    """For each scanner-A field: its index, its stage-1 candidates (n x 3: x, y, score >= verify_floor)
+    and the ``size`` px crops around them (n x size x size x 3)."""
+    for i, field in enumerate(rf.icpr_fields(data, ("A",))):
+        loaded = rf.load_field(field, cache)
+        c = field_candidates(field, verify_floor, cache)
+        yield i, c, extract_crops(loaded.pixels, c[:, :2], size)
+
+
 def score_fields(net, data: Path, cache: Path, verify_floor: float, views: int = 1) -> dict:
     """Logit of every scanner-A candidate (score >= verify_floor), per field: ``logit`` with
     ``views`` flip views, and ``logit_views_<n>`` for each n of ``SCORED_VIEWS``."""
     rows = []
-    for i, field in enumerate(rf.icpr_fields(data, ("A",))):
-        loaded = rf.load_field(field, cache)
-        c = field_candidates(field, verify_floor, cache)
-        by_views = logits_by_views(net, extract_crops(loaded.pixels, c[:, :2], net.input_size))
+    for i, c, crops in field_candidate_crops(data, cache, verify_floor, net.input_size):
+        by_views = logits_by_views(net, crops)
         rows.append(np.c_[np.full(len(c), i), c, by_views[views], *(by_views[n] for n in SCORED_VIEWS)])
     a = np.concatenate(rows)
     return {"field": a[:, 0].astype(int), "xy": a[:, 1:3], "stage1": a[:, 3], "logit": a[:, 4],

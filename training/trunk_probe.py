@@ -29,11 +29,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from mitosis_analysis.classify import extract_crops, tta_views  # noqa: E402
+from mitosis_analysis.classify import tta_views  # noqa: E402
 from mitosis_analysis.evaluate.detection import DetectionCounts  # noqa: E402
 from training import real_fields as rf  # noqa: E402
 from training import train_verifier as tv  # noqa: E402
-from training.runtime import write_json  # noqa: E402
+from training.runtime import save_npz, write_json  # noqa: E402
 
 CROP = 128  # the classifier's input side
 FEATURES_OUTPUT = "/net/members.0/ReduceMean_output_0"  # pooled features of the exported ResNet member
@@ -87,16 +87,12 @@ def cached_features(data: Path, cache: Path, classifier_onnx: Path, views: int, 
            "amibr": pool["amibr"], "label": pool["label"]}
     del pool
     rows, feats = [], []
-    for i, field in enumerate(rf.icpr_fields(data, ("A",))):
-        loaded = rf.load_field(field, cache)
-        c = tv.field_candidates(field, tv.VERIFY_FLOOR, cache)
-        feats.append(features(session, extract_crops(loaded.pixels, c[:, :2], CROP), views))
+    for i, c, crops in tv.field_candidate_crops(data, cache, tv.VERIFY_FLOOR, CROP):
+        feats.append(features(session, crops, views))
         rows.append(np.c_[np.full(len(c), i), c])
     a = np.concatenate(rows)
     out.update({"field": a[:, 0].astype(int), "xy": a[:, 1:3], "stage1": a[:, 3], "candidates": np.concatenate(feats)})
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **out)
-    tmp.replace(path)
+    save_npz(path, **out)
     return out
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..morphology import disk, otsu_threshold, remove_small_objects
+
 # Saturation (max - min) / max below which a pixel is glass whatever Otsu says.
 MIN_SATURATION = 0.08
 
@@ -63,30 +65,6 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return np.divide(hi - lo, hi, out=np.zeros_like(hi), where=hi > 0)
 
 
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of ``values`` in [0, 1] (maximum between-class variance)."""
-    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
-    hist = hist.astype(np.float64)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres)
-    mean0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
-    mean1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
-    between = w0 * w1 * (mean0 - mean1) ** 2
-    return float(edges[int(np.argmax(between)) + 1])
-
-
-def remove_small_objects(mask: np.ndarray, min_area_px: int) -> np.ndarray:
-    labels, n = ndimage.label(mask)
-    if n == 0 or min_area_px <= 1:
-        return mask.copy()
-    areas = np.bincount(labels.ravel())
-    keep = areas >= min_area_px
-    keep[0] = False
-    return keep[labels]
-
-
 def fill_small_holes(mask: np.ndarray, max_area_px: int) -> np.ndarray:
     """Fill background components enclosed by tissue (not touching the border) smaller than
     ``max_area_px``."""
@@ -113,16 +91,11 @@ def tissue_mask(
     """Tissue mask of a thumbnail ``rgb`` whose pixels are ``spacing_mm`` wide."""
     pixel_mm2 = spacing_mm[0] * spacing_mm[1]
     s = saturation(rgb)
-    threshold = max(otsu_threshold(s), MIN_SATURATION)
+    threshold = max(otsu_threshold(s, value_range=(0.0, 1.0)), MIN_SATURATION)
     mask = s > threshold
     mask = remove_small_objects(mask, max(1, round(min_object_mm2 / pixel_mm2)))
     mask = fill_small_holes(mask, max(1, round(max_hole_mm2 / pixel_mm2)))
     radius = max(1, math.ceil(margin_mm / min(spacing_mm)))
-    inference = ndimage.binary_dilation(mask, structure=_disk(radius)) if mask.any() else mask.copy()
+    inference = ndimage.binary_dilation(mask, structure=disk(radius)) if mask.any() else mask.copy()
     scale = (spacing_mm[0] / working_spacing_mm[0], spacing_mm[1] / working_spacing_mm[1])
     return TissueMask(tissue=mask, inference=inference, spacing_mm=spacing_mm, scale=scale)
-
-
-def _disk(radius: int) -> np.ndarray:
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    return xx**2 + yy**2 <= radius**2
