@@ -414,3 +414,13 @@ def test_trunk_probe_weights_sources_as_the_verifier_samples_them():
     total = tv.SOURCE_WEIGHTS["icpr_pos"] + tv.SOURCE_WEIGHTS["amibr_pos"] + tv.SOURCE_WEIGHTS["ma_pos"]
     assert w[1] == pytest.approx(tv.SOURCE_WEIGHTS["icpr_pos"] / total)  # the one allowed icpr_pos crop
     assert np.allclose(w[source == "amibr_pos"], tv.SOURCE_WEIGHTS["amibr_pos"] / total / 4)
+
+
+def test_stain_modes_route_normalised_pixels_to_the_named_stages():
+    from training.verifier_heldout import STAIN_MODES, stage_inputs
+
+    raw, norm = np.zeros((2, 2, 3), np.uint8), np.ones((2, 2, 3), np.uint8)
+    got = {m: tuple(x is norm for x in stage_inputs(raw, norm, m)) for m in STAIN_MODES}
+    assert got == {"none": (False, False), "detector": (True, False), "verifier": (False, True), "all": (True, True)}
+    with pytest.raises(ValueError):
+        stage_inputs(raw, norm, "both")

@@ -63,6 +63,7 @@ from training import labels as label_lib  # noqa: E402
 from training import real_fields as rf  # noqa: E402
 from training.real_fields import far_from  # noqa: E402
 from training import runtime  # noqa: E402
+from training import stain  # noqa: E402
 from training.train_classifier import focal_loss, lr_factor  # noqa: E402
 
 JITTER = 4  # px: the crop's centre moves up to this far from the candidate while training
@@ -101,8 +102,11 @@ def field_candidates(field: rf.Field, verify_floor: float, cache: Path) -> np.nd
     return c[c[:, 2] >= verify_floor]
 
 
-def build_pool(data: Path, cache: Path, verify_floor: float = VERIFY_FLOOR, size: int = POOL_SIZE, seed: int = 0) -> dict:
-    """All training crops (``size`` px) with source, label and ICPR slide ("" outside ICPR)."""
+def build_pool(data: Path, cache: Path, verify_floor: float = VERIFY_FLOOR, size: int = POOL_SIZE, seed: int = 0,
+               reference: stain.LabStatistics | None = None) -> dict:
+    """All training crops (``size`` px) with source, label and ICPR slide ("" outside ICPR). With a
+    ``reference``, every image is first Reinhard-normalised onto it (``training.stain``): a field on
+    its own statistics, AMi-Br and MITOS-ATYPIA-14 crops slide by slide."""
     rng = np.random.default_rng(seed)
     images, source, slide, amibr_row = [], [], [], []
 
@@ -114,23 +118,26 @@ def build_pool(data: Path, cache: Path, verify_floor: float = VERIFY_FLOOR, size
 
     for field in rf.icpr_fields(data):
         loaded = rf.load_field(field, cache)
+        pixels = loaded.pixels if reference is None else stain.normalise(loaded.pixels, reference)
         cands = field_candidates(field, verify_floor, cache)[:, :2]
         if field.scanner == "A":
-            add(extract_crops(loaded.pixels, loaded.mitoses, size), "icpr_pos", field.slide)
+            add(extract_crops(pixels, loaded.mitoses, size), "icpr_pos", field.slide)
             far = far_from(cands, loaded.mitoses, loaded.radius_px)
-            add(extract_crops(loaded.pixels, cands[~far], size), "cand_pos", field.slide)
+            add(extract_crops(pixels, cands[~far], size), "cand_pos", field.slide)
             neg = cands[far]
-            add(extract_crops(loaded.pixels, neg, size), "cand_A", field.slide)
-            h, w = loaded.pixels.shape[:2]
+            add(extract_crops(pixels, neg, size), "cand_A", field.slide)
+            h, w = pixels.shape[:2]
             pts = rng.uniform([0, 0], [w - 1, h - 1], size=(RANDOM_PER_FIELD * 2, 2))
             pts = pts[far_from(pts, loaded.mitoses, loaded.radius_px)][:RANDOM_PER_FIELD]
-            add(extract_crops(loaded.pixels, pts, size), "rand_A", field.slide)
+            add(extract_crops(pixels, pts, size), "rand_A", field.slide)
         else:
             ok = ~rf.in_ignore(loaded.ignore, cands) & rf.windows_clear(loaded.ignore, cands, size)
-            add(extract_crops(loaded.pixels, cands[ok], size), "cand_H", field.slide)
+            add(extract_crops(pixels, cands[ok], size), "cand_H", field.slide)
 
     table = amibr.load_table(data / "ami-br")
     pixels = amibr.load_crops(table)
+    if reference is not None:
+        pixels = stain.normalise_groups(pixels, [c.slide_key for c in table], reference)
     c = amibr.CROP_SIZE // 2
     add(extract_crops_each(pixels, np.tile([[c, c]], (len(table), 1)), size), "amibr_pos", "", np.arange(len(table)))
     annotations = label_lib.data_annotations(table, data)
@@ -153,7 +160,9 @@ def build_pool(data: Path, cache: Path, verify_floor: float = VERIFY_FLOOR, size
             neg_xy.append(free[rng.integers(len(free))])
     add(extract_crops_each(pixels[neg_idx], np.array(neg_xy), size), "amibr_neg", "", np.array(neg_idx))
 
-    ma, ma_label, _ = rf.mitos_atypia(data)
+    ma, ma_label, ma_slide = rf.mitos_atypia(data)
+    if reference is not None:
+        ma = stain.normalise_groups(ma, ma_slide, reference)
     ma = rf.reflect_pad(ma, size)
     add(ma[ma_label == 1], "ma_pos", "")
     add(ma[ma_label == 0], "ma_neg", "")
@@ -171,12 +180,15 @@ def extract_crops_each(images: np.ndarray, centres_xy: np.ndarray, size: int) ->
     return out
 
 
-def load_pool(data: Path, cache: Path, verify_floor: float, size: int = POOL_SIZE) -> dict:
-    path = cache / f"verifier_pool_v{POOL_VERSION}_{verify_floor:g}_{size}.npz"
+def load_pool(data: Path, cache: Path, verify_floor: float, size: int = POOL_SIZE,
+              reference: stain.LabStatistics | None = None) -> dict:
+    """``build_pool``, cached (the stain reference, when there is one, in the key)."""
+    normalised = "" if reference is None else "_reinhard-" + runtime.cache_key([repr(reference)], stain)
+    path = cache / f"verifier_pool_v{POOL_VERSION}_{verify_floor:g}_{size}{normalised}.npz"
     if path.is_file():
         z = np.load(path)
         return {k: z[k] for k in z.files}
-    pool = build_pool(data, cache, verify_floor, size)
+    pool = build_pool(data, cache, verify_floor, size, reference=reference)
     runtime.save_npz(path, **pool)
     return pool
 
@@ -280,20 +292,23 @@ def train(pool: dict, allowed: np.ndarray, args) -> torch.nn.Module:
 # --- evaluation on the fields ---------------------------------------------------------------------
 
 
-def field_candidate_crops(data: Path, cache: Path, verify_floor: float, size: int):
+def field_candidate_crops(data: Path, cache: Path, verify_floor: float, size: int,
+                          reference: stain.LabStatistics | None = None):
     """For each scanner-A field: its index, its stage-1 candidates (n x 3: x, y, score >= verify_floor)
-    and the ``size`` px crops around them (n x size x size x 3)."""
+    and the ``size`` px crops around them (n x size x size x 3), normalised onto ``reference`` if given."""
     for i, field in enumerate(rf.icpr_fields(data, ("A",))):
         loaded = rf.load_field(field, cache)
+        pixels = loaded.pixels if reference is None else stain.normalise(loaded.pixels, reference)
         c = field_candidates(field, verify_floor, cache)
-        yield i, c, extract_crops(loaded.pixels, c[:, :2], size)
+        yield i, c, extract_crops(pixels, c[:, :2], size)
 
 
-def score_fields(net, data: Path, cache: Path, verify_floor: float, views: int = 1) -> dict:
+def score_fields(net, data: Path, cache: Path, verify_floor: float, views: int = 1,
+                 reference: stain.LabStatistics | None = None) -> dict:
     """Logit of every scanner-A candidate (score >= verify_floor), per field: ``logit`` with
     ``views`` flip views, and ``logit_views_<n>`` for each n of ``SCORED_VIEWS``."""
     rows = []
-    for i, c, crops in field_candidate_crops(data, cache, verify_floor, net.input_size):
+    for i, c, crops in field_candidate_crops(data, cache, verify_floor, net.input_size, reference):
         by_views = logits_by_views(net, crops)
         rows.append(np.c_[np.full(len(c), i), c, by_views[views], *(by_views[n] for n in SCORED_VIEWS)])
     a = np.concatenate(rows)
@@ -301,12 +316,15 @@ def score_fields(net, data: Path, cache: Path, verify_floor: float, views: int =
             **{f"logit_views_{n}": a[:, 5 + k] for k, n in enumerate(SCORED_VIEWS)}}
 
 
-def score_amibr(net, data: Path, cache: Path, verify_floor: float, holdout_domain: int = -1):
+def score_amibr(net, data: Path, cache: Path, verify_floor: float, holdout_domain: int = -1,
+                reference: stain.LabStatistics | None = None):
     """(scores, mosaic): the logits (``logit_views_<n>``) of the stage-1 candidates (score >= verify_floor)
-    on the AMi-Br evaluation mosaic (``crop_mosaics.evaluation_mosaic``)."""
+    on the AMi-Br evaluation mosaic (``crop_mosaics.evaluation_mosaic``; normalised onto ``reference``,
+    if given, as one ROI)."""
     _crops, mosaic, described = crop_mosaics.evaluation_mosaic(data, holdout_domain)
     found = crop_mosaics.mosaic_candidates(crop_mosaics.mosaic_name(holdout_domain), mosaic, verify_floor, cache)
-    by_views = logits_by_views(net, extract_crops(mosaic.image, found[:, :2], net.input_size))
+    image = mosaic.image if reference is None else stain.normalise(mosaic.image, reference)
+    by_views = logits_by_views(net, extract_crops(image, found[:, :2], net.input_size))
     return {"xy": found[:, :2], "stage1": found[:, 2], **{f"logit_views_{n}": by_views[n] for n in SCORED_VIEWS},
             "evaluated_on": np.array(described)}, mosaic
 
@@ -396,22 +414,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-aug", action="store_true", help="ablation: dihedral only (no colour/blur/JPEG)")
     parser.add_argument("--holdout-domain", type=int, default=-1, choices=range(-1, len(amibr.DOMAINS)),
                         help="AMi-Br domain held out (index into data.DOMAINS; -1: the published split)")
+    parser.add_argument("--stain", action="store_true",
+                        help="Reinhard-normalise every image onto the AMi-Br training crops' colours (training.stain) "
+                             "for training and scoring")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    pool = load_pool(args.data, args.cache, args.verify_floor, pool_size(args.input_size, args.jitter))
+    reference = stain.amibr_reference(args.data / "ami-br") if args.stain else None
+    pool = load_pool(args.data, args.cache, args.verify_floor, pool_size(args.input_size, args.jitter), reference)
     allowed = training_mask(pool, args.data, args.holdout, args.holdout_domain)
     counts = {s: int((allowed & (pool["source"] == s)).sum()) for s in SOURCES}
     print(f"pool: {counts} ({time.perf_counter() - t0:.0f} s)", flush=True)
     net = train(pool, allowed, args)
     train_s = time.perf_counter() - t0
-    scores = score_fields(net, args.data, args.cache, args.verify_floor, args.views)
+    scores = score_fields(net, args.data, args.cache, args.verify_floor, args.views, reference)
     np.savez(args.out / "scores.npz", **scores)
     by_views = {str(n): evaluate(scores, args.data, args.holdout, key=f"logit_views_{n}") for n in SCORED_VIEWS}
     result = {**by_views[str(args.views)], "by_views": by_views}  # ``logit`` is the --views column
-    mosaic_scores, mosaic = score_amibr(net, args.data, args.cache, args.verify_floor, args.holdout_domain)
+    mosaic_scores, mosaic = score_amibr(net, args.data, args.cache, args.verify_floor, args.holdout_domain, reference)
     np.savez(args.out / "amibr_scores.npz", **mosaic_scores)
     result["amibr"] = {n: evaluate_amibr(mosaic_scores, mosaic, by_views[n]["chosen_on_training_slides"]["threshold"],
                                          mosaic_scores[f"logit_views_{n}"]) for n in by_views}
@@ -431,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                 "(data.evaluation_split), MIDOG++ hard negatives inside them, MITOS-ATYPIA-14 crops; "
                 "from scratch, no pretrained weights",
         "holdout_domain": args.holdout_domain,
+        "stain_reference": None if reference is None else {"method": "reinhard", "mean": reference.mean, "std": reference.std},
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }, args.out / "verifier.pt")
     h = result.get("heldout")

@@ -45,9 +45,11 @@ from mitosis_analysis.pipeline import detect_candidates, verify_candidates  # no
 from mitosis_analysis.settings import Settings  # noqa: E402
 from training import export_verifier  # noqa: E402
 from training import real_fields as rf  # noqa: E402
+from training import stain as stain_lib  # noqa: E402
 from training.runtime import write_json  # noqa: E402
 
 RUNS_DIR = REPO_ROOT / "training" / "runs" / "verifier"
+STAIN_MODES = ("none", "detector", "verifier", "all")
 
 
 def fold_checkpoints(run: Path) -> list[Path]:
@@ -93,12 +95,25 @@ def fold_thresholds(runs: Path, variant: str, data: Path, views: int | None, rul
     return found
 
 
+def stage_inputs(raw: np.ndarray, normalised: np.ndarray, stain: str) -> tuple[np.ndarray, np.ndarray]:
+    """(stage 1's pixels, stage 2's pixels) under a ``STAIN_MODES`` mode."""
+    if stain not in STAIN_MODES:
+        raise ValueError(f"stain mode {stain!r}: one of {', '.join(STAIN_MODES)}")
+    return (normalised if stain in ("detector", "all") else raw, normalised if stain in ("verifier", "all") else raw)
+
+
 def evaluate(weights: Path, runs: Path, data: Path, slides: tuple[str, ...], variant: str = "loso",
-             views: int | None = None, rule: str = "chosen", detector_override: float | None = None) -> dict:
+             views: int | None = None, rule: str = "chosen", detector_override: float | None = None,
+             stain: str = "none") -> dict:
+    """The table of the module's docstring. ``stain`` (``STAIN_MODES``): Reinhard normalisation
+    of each field onto the AMi-Br training crops' colours (``training.stain``) before stage 1
+    (``detector``), stage 2 (``verifier``: for verifiers trained with ``train_verifier --stain``)
+    or both (``all``)."""
     fields = [f for f in rf.icpr_fields(data, scanners=("A",))]
+    reference = None if stain == "none" else stain_lib.amibr_reference(data / "ami-br")
     judged_at = fold_thresholds(runs, variant, data, views, rule)
     report: dict = {"variant": variant, "views": views, "threshold_rule": rule, "detector_override_logit": detector_override,
-                    "per_slide": {}, "fields": {}}
+                    "stain": stain, "per_slide": {}, "fields": {}}
     pooled = {"one_stage": DetectionCounts(), "two_stage": DetectionCounts()}
     baseline = Manifest.load(weights)
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,7 +126,9 @@ def evaluate(weights: Path, runs: Path, data: Path, slides: tuple[str, ...], var
             for field in (f for f in fields if f.slide == s):
                 t0 = time.perf_counter()
                 loaded = rf.load_field(field, None)
-                candidates = verify_candidates(loaded.pixels, detect_candidates(loaded.pixels, models, settings),
+                normalised = loaded.pixels if reference is None else stain_lib.normalise(loaded.pixels, reference)
+                to_detector, to_verifier = stage_inputs(loaded.pixels, normalised, stain)
+                candidates = verify_candidates(to_verifier, detect_candidates(to_detector, models, settings),
                                                models, settings)
                 radius = loaded.radius_px
                 counts = {}
@@ -145,9 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="chosen: each fold's training slides; out-of-fold: best on the other slides' held-out scores")
     parser.add_argument("--detector-override", type=float, default=None, metavar="LOGIT",
                         help="thresholds.detector_override_logit of the two-stage weights (default: none)")
+    parser.add_argument("--stain", choices=STAIN_MODES, default="none",
+                        help="Reinhard colour normalisation onto the AMi-Br training crops before stage 1 (detector), "
+                             "stage 2 (verifier) or both (all); the product applies none")
     args = parser.parse_args(argv)
     report = evaluate(args.weights, args.runs, args.data, tuple(args.slides), args.variant, args.views,
-                      args.threshold_rule, args.detector_override)
+                      args.threshold_rule, args.detector_override, args.stain)
     report["command"] = "python -m training.verifier_heldout " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     print(json.dumps({"pooled": report["pooled"], "per_slide": report["per_slide"]}, indent=1))
     if args.out:
