@@ -10,6 +10,10 @@ noise. Statistics are taken on the product's tissue test (``tissue.tissue_mask``
 Not applied by the product: measured at inference on the ICPR 2012 fields (``verifier_heldout
 --stain``), it lifts the detector alone but not the two stages (training/README.md, issue #10).
 The reference is the detector's own training data (``amibr_reference``).
+
+Written here rather than taken from a library: torchstain's Reinhard needs OpenCV (not in this
+project's environments) and has no gain limit; TIAToolbox's would bring a large dependency for
+thirty lines of numpy.
 """
 
 from __future__ import annotations
