@@ -33,7 +33,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,16 +48,7 @@ def make_slides(folder: Path, count: int, size: int, patches: int, patch_size: i
         paths.append(path)
         if path.exists():
             continue
-        rng = np.random.default_rng(i)
-        tissue, figures = [], []
-        while len(tissue) < patches:
-            x0, y0 = (int(v) for v in rng.integers(0, size - patch_size, 2))
-            box = (x0, y0, x0 + patch_size, y0 + patch_size)
-            if any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in tissue):
-                continue
-            tissue.append(box)
-            figures += [(float(x0 + fx), float(y0 + fy)) for fx, fy in rng.uniform(40, patch_size - 40, (5, 2))]
-        write_slide_tiff(path, SyntheticSlide(size, size, tissue=tuple(tissue), figures=tuple(figures)))
+        write_slide_tiff(path, SyntheticSlide.patches(size, patches, patch_size, seed=i))
     return paths
 
 

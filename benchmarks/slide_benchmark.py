@@ -35,32 +35,15 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def scene(size: int, patches: int, patch_size: int, seed: int = 0):
-    """The benchmark slide: square tissue patches at random places, five figures in each."""
-    from mitosis_analysis.slide.synthetic import SyntheticSlide
-
-    rng = np.random.default_rng(seed)
-    tissue, figures = [], []
-    while len(tissue) < patches:
-        x0, y0 = (int(v) for v in rng.integers(0, size - patch_size, 2))
-        box = (x0, y0, x0 + patch_size, y0 + patch_size)
-        if any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in tissue):
-            continue
-        tissue.append(box)
-        figures += [(float(x0 + fx), float(y0 + fy)) for fx, fy in rng.uniform(40, patch_size - 40, (5, 2))]
-    return SyntheticSlide(size, size, tissue=tuple(tissue), figures=tuple(figures))
-
-
 def generate(path: Path, size: int, patches: int, patch_size: int) -> None:
-    from mitosis_analysis.slide.synthetic import write_slide_tiff
+    from mitosis_analysis.slide.synthetic import SyntheticSlide, write_slide_tiff
 
-    write_slide_tiff(path, scene(size, patches, patch_size), pyramid="pages", compression="jpeg")
+    write_slide_tiff(path, SyntheticSlide.patches(size, patches, patch_size), pyramid="pages", compression="jpeg")
 
 
 def run_child(command: list[str]) -> tuple[int, float, int, list[str]]:

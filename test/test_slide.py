@@ -291,3 +291,14 @@ def test_progress_counts_and_estimates_time_left():
     progress.finish()
     assert stream.getvalue().splitlines()[-1].startswith("[") and "60/90" in stream.getvalue()
     assert format_duration(3725) == "1:02:05" and format_duration(59) == "0:59"
+
+
+def test_the_benchmarks_patch_scene_is_seeded_and_its_patches_never_overlap():
+    a = SyntheticSlide.patches(4096, 6, 512, seed=3)
+    assert a == SyntheticSlide.patches(4096, 6, 512, seed=3) != SyntheticSlide.patches(4096, 6, 512, seed=4)
+    assert (a.width, a.height, len(a.tissue), len(a.figures)) == (4096, 4096, 6, 30)
+    for i, p in enumerate(a.tissue):
+        assert p[2] - p[0] == p[3] - p[1] == 512 and 0 <= p[0] and p[2] <= 4096
+        assert not any(p[0] < q[2] and q[0] < p[2] and p[1] < q[3] and q[1] < p[3] for q in a.tissue[i + 1 :])
+        inside = [f for f in a.figures if p[0] + 40 <= f[0] <= p[2] - 40 and p[1] + 40 <= f[1] <= p[3] - 40]
+        assert len(inside) == 5

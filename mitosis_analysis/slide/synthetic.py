@@ -35,6 +35,22 @@ class SyntheticSlide:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_figures", np.asarray(self.figures, dtype=np.float64).reshape(-1, 2))
 
+    @classmethod
+    def patches(cls, size: int, count: int, patch_size: int, seed: int = 0) -> "SyntheticSlide":
+        """A ``size`` px square glass with ``count`` non-overlapping square tissue patches of
+        ``patch_size`` px at seeded random places, five figures in each (the benchmarks' scene)."""
+        rng = np.random.default_rng(seed)
+        tissue: list[tuple[int, int, int, int]] = []
+        figures: list[tuple[float, float]] = []
+        while len(tissue) < count:
+            x0, y0 = (int(v) for v in rng.integers(0, size - patch_size, 2))
+            box = (x0, y0, x0 + patch_size, y0 + patch_size)
+            if any(b[0] < box[2] and box[0] < b[2] and b[1] < box[3] and box[1] < b[3] for b in tissue):
+                continue
+            tissue.append(box)
+            figures += [(float(x0 + fx), float(y0 + fy)) for fx, fy in rng.uniform(40, patch_size - 40, (5, 2))]
+        return cls(size, size, tissue=tuple(tissue), figures=tuple(figures))
+
     def render(self, x: int, y: int, width: int, height: int, downsample: int = 1) -> np.ndarray | None:
         """Pixels of the level with ``downsample`` at its (x, y); None when the block is all glass."""
         d = downsample
