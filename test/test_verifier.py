@@ -424,3 +424,26 @@ def test_stain_modes_route_normalised_pixels_to_the_named_stages():
     assert got == {"none": (False, False), "detector": (True, False), "verifier": (False, True), "all": (True, True)}
     with pytest.raises(ValueError):
         stage_inputs(raw, norm, "both")
+
+
+def test_a_verifier_trained_on_normalised_pixels_is_not_installed_for_the_product(tmp_path, synthetic_weights):
+    """train_verifier --stain records its reference; the product feeds raw pixels, so installing it
+    is refused (only verifier_heldout, which normalises, may), and members must agree on it."""
+    import shutil
+
+    from training import export
+
+    _member(tmp_path / "raw.pt", 0)
+    _member(tmp_path / "stain.pt", 1)
+    ckpt = torch.load(tmp_path / "stain.pt", weights_only=False)
+    torch.save({**ckpt, "stain_reference": {"method": "reinhard", "mean": [0.0] * 3, "std": [1.0] * 3}},
+               tmp_path / "stain.pt")
+    weights = tmp_path / "weights"
+    shutil.copytree(synthetic_weights, weights)
+    description, _ = export_verifier.export_checkpoint(tmp_path / "stain.pt", tmp_path / "v.onnx", timing=False)
+    with pytest.raises(export.ExportError, match="stain-normalised"):
+        export_verifier.install_verifier(weights, tmp_path / "v.onnx", description, 1.0, 0.2)
+    assert export_verifier.install_verifier(weights, tmp_path / "v.onnx", description, 1.0, 0.2,
+                                            normalised_input=True).verifier is not None
+    with pytest.raises(export.ExportError, match="stain_reference"):
+        export_verifier.ensemble([tmp_path / "raw.pt", tmp_path / "stain.pt"])

@@ -58,8 +58,8 @@ def ensemble(paths: list[Path]) -> dict:
     have been trained to judge the same stage-1 floor and be scored with the same flip views; the
     threshold is left to the caller (the members' were chosen for a single network)."""
     ckpts = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
-    for key in ("verify_floor", "views"):
-        values = {c.get(key) for c in ckpts}
+    for key in ("verify_floor", "views", "stain_reference"):
+        values = {json.dumps(c.get(key), sort_keys=True) for c in ckpts}
         if len(values) != 1:
             raise export.ExportError(f"ensemble members differ in {key}: {sorted(map(str, values))}")
     config = {"members": [{"arch": c["arch"], **c["config"]} for c in ckpts]}
@@ -68,6 +68,7 @@ def ensemble(paths: list[Path]) -> dict:
         member.load_state_dict(c["state_dict"])
     return {"arch": ENSEMBLE_ARCH, "config": config, "state_dict": net.state_dict(), "threshold": None,
             "verify_floor": ckpts[0].get("verify_floor"), "views": ckpts[0].get("views", 1),
+            "stain_reference": ckpts[0].get("stain_reference"),
             "command": " ; ".join(str(c.get("command")) for c in ckpts), "data": ckpts[0].get("data"),
             "created": max(str(c.get("created")) for c in ckpts), "members": [str(p) for p in paths]}
 
@@ -88,13 +89,20 @@ VERIFIER_PROVENANCE = ("arch", "training_command", "data", "created", "parameter
 
 def install_verifier(weights_dir: Path, onnx_path: Path, description: dict, threshold_logit: float,
                      verify_floor: float, note: str = "", metrics: dict | None = None, views: int = 1,
-                     detector_override_logit: float | None = None) -> Manifest:
+                     detector_override_logit: float | None = None, normalised_input: bool = False) -> Manifest:
     """Add the verifier to the weights in ``weights_dir``: the ONNX file copied in, a ``verifier``
     entry in the manifest, ``thresholds.verification_logit`` (chosen for the mean logit over
     ``views`` flip views, which becomes ``plan.verifier_views``) and the candidate floor raised to
     ``verify_floor`` (the stage-1 probability the verifier was trained to judge: candidates below
     it are neither verified nor reported), and ``thresholds.detector_override_logit`` (None: the
-    verifier alone decides). The manifest is validated before it is written."""
+    verifier alone decides). The manifest is validated before it is written.
+
+    A verifier trained on stain-normalised pixels (``train_verifier --stain``) is refused unless
+    ``normalised_input``: the product feeds it raw pixels (only ``verifier_heldout --stain``
+    normalises its input)."""
+    if description.get("stain_reference") and not normalised_input:
+        raise export.ExportError("this verifier was trained on stain-normalised pixels (train_verifier --stain); "
+                                 "the product does not normalise, so it cannot be installed")
     weights_dir = Path(weights_dir)
     manifest = Manifest.load(weights_dir)
     target = weights_dir / VERIFIER_FILE
@@ -167,6 +175,7 @@ def export_checkpoint(checkpoint: Path | list[Path], out: Path, opset: int = 17,
         "data": ckpt.get("data"),
         "created": ckpt.get("created"),
         "verify_floor_used_in_training": ckpt.get("verify_floor"),
+        "stain_reference": ckpt.get("stain_reference"),
     }
     if timing:
         description["ms_per_crop_batch64_onnxruntime_cpu"] = {f"{t}_threads": round(ms_per_crop(out, t, size=int(net.input_size)), 4)

@@ -76,7 +76,8 @@ def fold_weights(run: Path, shipped: Path, into: Path, threshold: float | None =
     if threshold is None:
         chosen = result["by_views"][str(views)] if str(views) in result.get("by_views", {}) else result
         threshold = float(chosen["chosen_on_training_slides"]["threshold"])
-    return export_verifier.install_verifier(into, onnx, description, threshold, floor, views=views)
+    return export_verifier.install_verifier(into, onnx, description, threshold, floor, views=views,
+                                            normalised_input=True)
 
 
 def fold_thresholds(runs: Path, variant: str, data: Path, views: int | None, rule: str) -> dict[str, float | None]:
