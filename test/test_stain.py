@@ -77,3 +77,8 @@ def test_groups_are_normalised_each_on_its_own_statistics():
     # a group of one crop is normalised on that crop's own statistics
     np.testing.assert_array_equal(stain.normalise_groups(crops[:1], ["r"], reference)[0],
                                   stain.reinhard(crops[0], stain.lab_statistics(crops[:1].reshape(1, -1, 3), step=1), reference))
+
+
+def test_no_reference_means_no_normalisation():
+    rgb = he_like(np.random.default_rng(5), (1.0, 1.0, 1.0))
+    assert stain.normalise(rgb, None) is rgb

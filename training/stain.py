@@ -75,8 +75,11 @@ def reinhard(rgb: np.ndarray, source: LabStatistics, reference: LabStatistics, r
     return out
 
 
-def normalise(rgb: np.ndarray, reference: LabStatistics) -> np.ndarray:
-    """``rgb`` with its own tissue statistics moved onto ``reference``'s; unchanged without tissue."""
+def normalise(rgb: np.ndarray, reference: LabStatistics | None) -> np.ndarray:
+    """``rgb`` with its own tissue statistics moved onto ``reference``'s; unchanged without tissue
+    or without a reference (normalisation off)."""
+    if reference is None:
+        return rgb
     source = lab_statistics(rgb)
     return rgb if source is None else reinhard(rgb, source, reference)
 

@@ -118,7 +118,7 @@ def build_pool(data: Path, cache: Path, verify_floor: float = VERIFY_FLOOR, size
 
     for field in rf.icpr_fields(data):
         loaded = rf.load_field(field, cache)
-        pixels = loaded.pixels if reference is None else stain.normalise(loaded.pixels, reference)
+        pixels = stain.normalise(loaded.pixels, reference)
         cands = field_candidates(field, verify_floor, cache)[:, :2]
         if field.scanner == "A":
             add(extract_crops(pixels, loaded.mitoses, size), "icpr_pos", field.slide)
@@ -298,7 +298,7 @@ def field_candidate_crops(data: Path, cache: Path, verify_floor: float, size: in
     and the ``size`` px crops around them (n x size x size x 3), normalised onto ``reference`` if given."""
     for i, field in enumerate(rf.icpr_fields(data, ("A",))):
         loaded = rf.load_field(field, cache)
-        pixels = loaded.pixels if reference is None else stain.normalise(loaded.pixels, reference)
+        pixels = stain.normalise(loaded.pixels, reference)
         c = field_candidates(field, verify_floor, cache)
         yield i, c, extract_crops(pixels, c[:, :2], size)
 
@@ -323,7 +323,7 @@ def score_amibr(net, data: Path, cache: Path, verify_floor: float, holdout_domai
     if given, as one ROI)."""
     _crops, mosaic, described = crop_mosaics.evaluation_mosaic(data, holdout_domain)
     found = crop_mosaics.mosaic_candidates(crop_mosaics.mosaic_name(holdout_domain), mosaic, verify_floor, cache)
-    image = mosaic.image if reference is None else stain.normalise(mosaic.image, reference)
+    image = stain.normalise(mosaic.image, reference)
     by_views = logits_by_views(net, extract_crops(image, found[:, :2], net.input_size))
     return {"xy": found[:, :2], "stage1": found[:, 2], **{f"logit_views_{n}": by_views[n] for n in SCORED_VIEWS},
             "evaluated_on": np.array(described)}, mosaic

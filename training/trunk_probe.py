@@ -18,7 +18,6 @@ Features are cached in ``training/cache/`` (keyed by the classifier's sha256 and
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from mitosis_analysis.classify import tta_views  # noqa: E402
 from mitosis_analysis.evaluate.detection import DetectionCounts  # noqa: E402
+from mitosis_analysis.manifest import sha256_file  # noqa: E402
 from training import real_fields as rf  # noqa: E402
 from training import train_verifier as tv  # noqa: E402
 from training.runtime import save_npz, write_json  # noqa: E402
@@ -76,7 +76,7 @@ def source_weights(source: np.ndarray, allowed: np.ndarray) -> np.ndarray:
 
 
 def cached_features(data: Path, cache: Path, classifier_onnx: Path, views: int, threads: int) -> dict:
-    key = hashlib.sha256(classifier_onnx.read_bytes()).hexdigest()[:16]
+    key = sha256_file(classifier_onnx)[:16]
     path = cache / f"trunk-probe-{key}-v{views}-pool{tv.POOL_VERSION}.npz"
     if path.is_file():
         z = np.load(path)

@@ -127,7 +127,7 @@ def evaluate(weights: Path, runs: Path, data: Path, slides: tuple[str, ...], var
             for field in (f for f in fields if f.slide == s):
                 t0 = time.perf_counter()
                 loaded = rf.load_field(field, None)
-                normalised = loaded.pixels if reference is None else stain_lib.normalise(loaded.pixels, reference)
+                normalised = stain_lib.normalise(loaded.pixels, reference)
                 to_detector, to_verifier = stage_inputs(loaded.pixels, normalised, stain)
                 candidates = verify_candidates(to_verifier, detect_candidates(to_detector, models, settings),
                                                models, settings)
