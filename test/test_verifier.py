@@ -4,6 +4,7 @@ the colour/JPEG augmentations it trains with."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -132,6 +133,36 @@ def test_sampling_is_balanced_and_respects_the_held_out_slide_and_weights():
     assert len(idx) == 400 and pool["label"][idx].sum() == 200
     assert set(pool["slide"][idx]) <= {"00", ""}  # nothing of the held-out slide
     assert "cand_H" not in set(pool["source"][idx])  # weight 0 removes a source
+
+
+def test_ema_returns_the_moving_average_of_the_weights(monkeypatch):
+    """--ema D: the network returned (scored, saved) is the exponential moving average of the
+    weights along training; --ema 0 returns the last weights, as before."""
+    pool = _pool()
+    pool["images"] = np.random.default_rng(0).integers(0, 256, pool["images"].shape, dtype=np.uint8)
+    args = SimpleNamespace(seed=0, width=4, input_size=tv.INPUT_SIZE, lr=1e-2, weight=[], drop=[], steps=3, batch=8,
+                           no_aug=True, gamma=0.0, ema=0.0)
+    allowed = np.ones(len(pool["source"]), bool)
+    seen = []
+    monkeypatch.setattr(tv, "print", lambda *a, **k: None, raising=False)
+    real_step = torch.optim.AdamW.step
+
+    def step_and_record(self, *a, **k):
+        out = real_step(self, *a, **k)
+        seen.append([p.detach().clone() for group in self.param_groups for p in group["params"]])
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_and_record)
+    plain = tv.train(pool, allowed, args)
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), seen[-1]))  # the last weights
+    seen.clear()
+    averaged = tv.train(pool, allowed, SimpleNamespace(**{**vars(args), "ema": 0.5}))
+    expected = seen[0]  # the first update copies, each later one moves halfway
+    for later in seen[1:]:
+        expected = [0.5 * e + 0.5 * w for e, w in zip(expected, later)]
+    for got, want in zip(averaged.parameters(), expected):
+        torch.testing.assert_close(got, want)
+    assert not averaged.training
 
 
 def test_random_window_jitters_within_the_pool_crop():

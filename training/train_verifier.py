@@ -23,7 +23,8 @@ Each batch is half positives, half negatives; within each half the sources are d
 weights of ``SOURCE_WEIGHTS`` (``--drop cand_H`` removes a source, for ablations). ICPR slides of the
 held-out fold (A and H of that slide) are excluded from every source. AMi-Br crops are in training
 as ``data.evaluation_split`` says: the published training split, or with ``--holdout-domain d`` the
-training split without domain d; MITOS-ATYPIA-14 always.
+training split without domain d; MITOS-ATYPIA-14 always. ``--ema D`` keeps an exponential moving
+average of the weights (decay D), which is then what is scored and saved (default 0: the last weights).
 
 After training, every scanner-A candidate of every slide is scored; the run writes
 ``scores.npz`` (field index, x, y, stage-1 score, logit) and ``result.json`` (held-out F1 at 7.5 um
@@ -265,6 +266,10 @@ def train(pool: dict, allowed: np.ndarray, args) -> torch.nn.Module:
     for source in args.drop:
         weights[source] = 0.0
     config = aug.AugmentConfig.wide()
+    # An exponential moving average of the weights (buffers too), as the classifier keeps: what is
+    # scored and saved when --ema > 0.
+    ema = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema),
+                                               use_buffers=True) if args.ema > 0 else None)
     t0 = time.perf_counter()
     for step in range(args.steps):
         for group in opt.param_groups:
@@ -284,9 +289,11 @@ def train(pool: dict, allowed: np.ndarray, args) -> torch.nn.Module:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if ema is not None:
+            ema.update_parameters(net)
         if step % 100 == 0 or step == args.steps - 1:
             print(f"step {step} loss {loss.item():.4f} {time.perf_counter() - t0:.0f} s", flush=True)
-    return net.eval()
+    return (net if ema is None else ema.module).eval()
 
 
 # --- evaluation on the fields ---------------------------------------------------------------------
@@ -417,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stain", action="store_true",
                         help="Reinhard-normalise every image onto the AMi-Br training crops' colours (training.stain) "
                              "for training and scoring")
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="decay of an exponential moving average of the weights, scored and saved (0: off)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
