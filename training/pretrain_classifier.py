@@ -30,6 +30,7 @@ their random initialisation: fine-tuning (``train_classifier --init``) starts fr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 import time
@@ -100,7 +101,7 @@ def pretrain(pool: dict, args, log=print) -> tuple[nn.Module, list[dict]]:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.steps, warmup))
     config = aug.AugmentConfig.wide()
     if args.task == "simclr":
-        config = aug.AugmentConfig(**{**config.__dict__, "rrc_min_scale": args.rrc_min_scale})
+        config = dataclasses.replace(config, rrc_min_scale=args.rrc_min_scale)
     weights = {s: tv.SOURCE_WEIGHTS[s] for s in ICPR_SOURCES}
     allowed = np.ones(len(pool["source"]), bool)
     amp = PRECISIONS[args.precision]
@@ -108,17 +109,20 @@ def pretrain(pool: dict, args, log=print) -> tuple[nn.Module, list[dict]]:
     head.train()
     history, t0 = [], time.perf_counter()
     for step in range(args.steps):
+        # augmentation in float32, outside autocast (as train_classifier does); the network under it
+        if args.task == "simclr":
+            idx = rng.choice(len(pool["images"]), size=args.batch_size, replace=False)
+            crops = pool["images"][idx]
+            images = torch.cat([views(crops, config, rng, g), views(crops, config, rng, g)])
+        else:
+            idx = tv.sample(pool, allowed, weights, args.batch_size, rng)
+            images = views(pool["images"][idx], config, rng, g)
         with torch.autocast("cpu", dtype=amp, enabled=amp != torch.float32):
-            if args.task == "simclr":
-                idx = rng.choice(len(pool["images"]), size=args.batch_size, replace=False)
-                crops = pool["images"][idx]
-                both = torch.cat([views(crops, config, rng, g), views(crops, config, rng, g)])
-                z = head(net.features(both.contiguous(memory_format=torch.channels_last)))
-                loss = nt_xent(z[: len(idx)], z[len(idx):], args.temperature)
-            else:
-                idx = tv.sample(pool, allowed, weights, args.batch_size, rng)
-                logit = head(net.features(views(pool["images"][idx], config, rng, g))).squeeze(1).float()
-                loss = F.binary_cross_entropy_with_logits(logit, torch.from_numpy(pool["label"][idx]))
+            out = head(net.features(images.contiguous(memory_format=torch.channels_last))).float()
+        if args.task == "simclr":
+            loss = nt_xent(out[: len(idx)], out[len(idx):], args.temperature)
+        else:
+            loss = F.binary_cross_entropy_with_logits(out.squeeze(1), torch.from_numpy(pool["label"][idx]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
