@@ -1,4 +1,4 @@
-"""Reinhard colour normalisation (mitosis_analysis/stain.py) on synthetic H&E-like images."""
+"""Reinhard colour normalisation (training/stain.py) on synthetic H&E-like images."""
 
 from __future__ import annotations
 

@@ -51,11 +51,12 @@ from training import data as amibr  # noqa: E402
 from training import real_fields as rf  # noqa: E402
 from training import runtime  # noqa: E402
 from training import train_verifier as tv  # noqa: E402
-from training.train_classifier import PRECISIONS, channel_stats, lr_factor  # noqa: E402
+from training.train_classifier import PRECISIONS, TrainConfig, channel_stats, lr_factor  # noqa: E402
 
 CROP = 128  # the classifier's input side
 ICPR_SOURCES = ("icpr_pos", "cand_A", "cand_H", "rand_A")  # the pool's sources cut from the ICPR fields
 TASKS = ("simclr", "mitosis")
+DROPOUT = TrainConfig.dropout  # the classifier recipe's, which the fine-tuning keeps from this checkpoint
 
 
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -88,15 +89,13 @@ def pretrain(pool: dict, args, log=print) -> tuple[nn.Module, list[dict]]:
     rng = np.random.default_rng(args.seed)
     g = aug.generator(args.seed)
     mean, std = channel_stats(tv.centre_window(pool["images"][:: max(1, len(pool["images"]) // 2000)], CROP))
-    net = build_classifier(RESNET_ARCH, width=args.width, dropout=0.3, mean=list(mean), std=list(std),
+    net = build_classifier(RESNET_ARCH, width=args.width, dropout=DROPOUT, mean=list(mean), std=list(std),
                            phases=len(amibr.PHASES))
     features = net.atypical_head.in_features
     head = (nn.Sequential(nn.Linear(features, features), nn.ReLU(inplace=True), nn.Linear(features, 128))
             if args.task == "simclr" else nn.Linear(features, 1))
     trunk = [p for name, p in net.named_parameters() if not name.split(".")[0].endswith("_head")]
-    params = trunk + list(head.parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": args.weight_decay},
-                             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}], lr=args.lr)
+    opt = runtime.adamw(trunk + list(head.parameters()), args.lr, args.weight_decay)
     warmup = max(1, args.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, args.steps, warmup))
     config = aug.AugmentConfig.wide()
@@ -141,7 +140,7 @@ def checkpoint_of(net: nn.Module, args, history: list[dict], crops: int, command
     last = history[-1]
     return {
         "arch": RESNET_ARCH,
-        "config": {"width": args.width, "dropout": 0.3, "mean": net.mean.flatten().tolist(),
+        "config": {"width": args.width, "dropout": DROPOUT, "mean": net.mean.flatten().tolist(),
                    "std": net.std.flatten().tolist(), "phases": len(amibr.PHASES)},
         "state_dict": net.state_dict(),
         "metrics": {"selected_epoch": f"last (step {last['step'] + 1} of {args.steps})", "loss": last["loss"]},

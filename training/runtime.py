@@ -32,6 +32,20 @@ def device_of(net: torch.nn.Module) -> torch.device:
     return next(net.parameters()).device
 
 
+def adamw(params: Iterable[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on weights only: biases and normalisation scales (1-d) are not decayed."""
+    params = list(params)
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}], lr=lr)
+
+
+def ema_of(net: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of ``net``'s weights and buffers (``update_parameters`` after
+    each step; the average is ``.module``)."""
+    return torch.optim.swa_utils.AveragedModel(
+        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def portable_path(path: Path | str) -> str:
     """``path`` as a checkpoint or manifest should record it: relative to the repository (so
     ``../shared/data/ami-br``, not this machine's absolute path) when it lies beside or inside the

@@ -252,18 +252,12 @@ def train(
         net.load_state_dict(start["state_dict"])
     net = net.to(device)
     log(f"initialisation: {initialisation}")
-    ema = torch.optim.swa_utils.AveragedModel(
-        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
-    )
-    decay, no_decay = [], []
+    ema = runtime.ema_of(net, cfg.ema_decay)
     domain_head = None
     if cfg.adversarial > 0:
         domain_head = adversarial.DomainHead(net.atypical_head.in_features, len(amibr.DOMAINS)).to(device)
-    named = list(net.named_parameters()) + (list(domain_head.named_parameters()) if domain_head else [])
-    for name, p in named:
-        (no_decay if p.ndim == 1 else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = runtime.adamw(list(net.parameters()) + (list(domain_head.parameters()) if domain_head else []),
+                        cfg.lr, cfg.weight_decay)
     steps_per_epoch = max(1, len(fit) // cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))

@@ -268,8 +268,7 @@ def train(pool: dict, allowed: np.ndarray, args) -> torch.nn.Module:
     config = aug.AugmentConfig.wide()
     # An exponential moving average of the weights (buffers too), as the classifier keeps: what is
     # scored and saved when --ema > 0.
-    ema = (torch.optim.swa_utils.AveragedModel(net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema),
-                                               use_buffers=True) if args.ema > 0 else None)
+    ema = runtime.ema_of(net, args.ema) if args.ema > 0 else None
     t0 = time.perf_counter()
     for step in range(args.steps):
         for group in opt.param_groups:
