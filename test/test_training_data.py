@@ -464,3 +464,22 @@ def test_save_npz_is_atomic_and_cache_key_follows_the_code(tmp_path, monkeypatch
     assert key != runtime.cache_key(["crop1"], code)
     code.write_text("A = 2\n")
     assert key != runtime.cache_key(["crop1", "crop2"], code)
+
+
+def test_portable_path_keeps_a_linked_shared_folder_relative(tmp_path, monkeypatch):
+    """A ``../shared`` that is a symbolic link (a lab's data elsewhere) is recorded as
+    ``../shared/...``, not as the link's target; paths elsewhere are kept as given."""
+    from training import runtime
+
+    checkout = tmp_path / "work" / "repo"
+    checkout.mkdir(parents=True)
+    data = tmp_path / "disk" / "data"
+    (data / "ami-br").mkdir(parents=True)
+    (tmp_path / "work" / "shared").symlink_to(data)
+    monkeypatch.setattr(runtime, "REPO_ROOT", checkout)
+    assert runtime.portable_path(tmp_path / "work" / "shared" / "ami-br") == "../shared/ami-br"
+    assert runtime.portable_path(checkout / "weights") == "weights"
+    assert runtime.portable_path(data / "ami-br") == str(data / "ami-br")
+    # a checkout reached through a link: the resolved path still lies beside it
+    (tmp_path / "link").symlink_to(tmp_path / "work")
+    assert runtime.portable_path(tmp_path / "link" / "repo" / "weights") == "weights"

@@ -51,10 +51,15 @@ def portable_path(path: Path | str) -> str:
     ``../shared/data/ami-br``, not this machine's absolute path) when it lies beside or inside the
     checkout, else as given."""
     path = Path(path)
-    try:
-        return os.path.relpath(path.resolve(), REPO_ROOT) if path.resolve().is_relative_to(REPO_ROOT.parent) else str(path)
-    except ValueError:  # another drive (Windows)
-        return str(path)
+    # The path as given first (a ``../shared`` that is a symbolic link stays ``../shared``), then
+    # with its links resolved (a checkout reached through a link).
+    for candidate in (Path(os.path.abspath(path)), path.resolve()):
+        try:
+            if candidate.is_relative_to(REPO_ROOT.parent):
+                return os.path.relpath(candidate, REPO_ROOT)
+        except ValueError:  # another drive (Windows)
+            break
+    return str(path)
 
 
 def save_checkpoint(obj, path: Path | str) -> None:
